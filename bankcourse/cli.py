@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bankcourse",
         description="Real-time banking fraud detection: data, rules and the three stages.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log what the library does (INFO; twice for DEBUG)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log more: -v for DEBUG as well as INFO")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

@@ -171,8 +171,14 @@ def _as_float(value: Any) -> float | None:
     """A record value as a number, or None when it is missing or not numeric."""
     if value is None or isinstance(value, bool):
         return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
     if isinstance(value, (int, float)):
-        return None if isinstance(value, float) and math.isnan(value) else float(value)
+        number = float(value)
+        return None if math.isnan(number) else number
     return None
 
 

@@ -130,7 +130,7 @@ def _is_blank(series: pd.Series) -> np.ndarray:
     """True where a raw value is missing or an empty string."""
     blank = series.isna().to_numpy()
     if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
-        blank |= (series.astype("str").str.strip() == "").to_numpy()
+        blank = blank | (series.astype("str").str.strip() == "").to_numpy()
     return blank
 
 
@@ -190,27 +190,24 @@ def clean_frame(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     flag(~raw["type"].isin(TXN_TYPES).to_numpy() & (reason == ""), "type: unknown value")
 
     bad = reason != ""
-    if not bad.any():
-        valid = _typed_frame(typed, slice(None), raw.index)
-        return valid, raw.iloc[0:0].astype("str").assign(**{REASON_COLUMN: []})
-    good = ~bad
-    valid = _typed_frame(typed, good, raw.index[good])
+    valid = pd.DataFrame(
+        {name: (v.array if isinstance(v, pd.Series) else v) for name, v in typed.items()},
+        index=raw.index,
+    )
     quarantined = raw.loc[bad].astype("str")
     quarantined[REASON_COLUMN] = reason[bad]
-    return valid, quarantined
+    if bad.any():
+        valid = valid.loc[~bad]
+    return _with_schema_dtypes(valid), quarantined
 
 
-def _typed_frame(typed: Mapping[str, Any], rows: Any, index: pd.Index) -> pd.DataFrame:
-    dtypes = pandas_dtypes()
-    data = {}
-    for name in NAMES:
-        values = typed[name]
-        values = values[rows] if not isinstance(values, pd.Series) else values[rows]
-        if isinstance(values, pd.Series):
-            values = values.to_numpy() if dtypes[name] == "str" else values
-        data[name] = pd.Series(np.asarray(values) if not isinstance(values, pd.Series)
-                               else values.array, index=index).astype(dtypes[name])
-    return pd.DataFrame(data, index=index)
+def _with_schema_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
+    """Cast to the schema's dtypes; text columns already held as text are left as they are."""
+    wanted = {
+        name: dtype for name, dtype in pandas_dtypes().items()
+        if dtype != "str" or frame[name].dtype == object
+    }
+    return frame.astype(wanted)
 
 
 # --- cleaning one record --------------------------------------------------------------
