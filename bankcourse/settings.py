@@ -88,7 +88,9 @@ class Settings:
 
     Attributes:
         thresholds: the rule thresholds. Default: ``Thresholds()``.
-        data_dir: where generated datasets are cached. Default: ``./data``.
+        data_dir: where generated datasets are cached. Default: the checkout's ``data/``
+            folder when the package runs from a clone (whatever the working folder, so
+            notebooks and the CLI share one cache), else ``<cache_dir>/data``.
         cache_dir: where jars, the broker's storage and Spark checkpoints go.
             Default: ``$XDG_CACHE_HOME/bankcourse`` or ``~/.cache/bankcourse``.
         kafka_bootstrap_servers: an existing cluster to use; when set the course
@@ -111,7 +113,7 @@ class Settings:
     """
 
     thresholds: Thresholds = field(default_factory=Thresholds)
-    data_dir: Path = Path("data")
+    data_dir: Path = field(default_factory=lambda: _default_data_dir())
     cache_dir: Path = field(default_factory=lambda: _default_cache_dir())
     kafka_bootstrap_servers: str | None = None
     kafka_port: int = 9092
@@ -203,3 +205,10 @@ class Settings:
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "bankcourse"
+
+
+def _default_data_dir() -> Path:
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "data").is_dir():
+        return checkout / "data"
+    return _default_cache_dir() / "data"
