@@ -30,7 +30,7 @@ class SettingError(ValueError):
     """A setting has a value that cannot be used; the message names it and the fix."""
 
 
-def _number(name: str, value: Any, *, minimum: float = 0.0) -> float:
+def _number(name: str, value: Any, *, minimum: float = 0.0, example: str = "200000") -> float:
     """Return ``value`` as a finite float no smaller than ``minimum``, or raise SettingError."""
     if isinstance(value, bool):
         raise SettingError(f"{name} must be a number, got the boolean {value!r}")
@@ -39,7 +39,7 @@ def _number(name: str, value: Any, *, minimum: float = 0.0) -> float:
     except (TypeError, ValueError):
         raise SettingError(
             f"{name} must be a number, got {value!r}; "
-            f"for example {name}=200000"
+            f"for example {name}={example}"
         ) from None
     if not math.isfinite(number) or number < minimum:
         raise SettingError(
@@ -50,7 +50,7 @@ def _number(name: str, value: Any, *, minimum: float = 0.0) -> float:
 
 def _integer(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
     """Return ``value`` as an int within [minimum, maximum], or raise SettingError."""
-    number = _number(name, value, minimum=minimum)
+    number = _number(name, value, minimum=minimum, example=str(maximum or minimum))
     if number != int(number) or (maximum is not None and number > maximum):
         allowed = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
         raise SettingError(f"{name} must be a whole number in {allowed}, got {value!r}")
