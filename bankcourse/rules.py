@@ -246,6 +246,8 @@ class IsIn(Expr):
         value = self.operand.pandas(frame, t)
         if value is None:
             return np.zeros(len(frame), dtype=bool)
+        if isinstance(frame, _Columns) and isinstance(self.operand, Field):
+            return frame.isin(self.operand.name, self.values)
         return value.isin(self.values).to_numpy(dtype=bool)
 
     def record(self, rec: Mapping[str, Any], t: Thresholds) -> bool:
@@ -323,7 +325,8 @@ def field(name: str) -> Field:
 def setting(name: str) -> Setting:
     """Refer to a threshold (a field of :class:`Thresholds`) in a rule condition."""
     if name not in Thresholds.__dataclass_fields__:
-        raise ValueError(f"unknown threshold {name!r}; known: {list(Thresholds.__dataclass_fields__)}")
+        known = ", ".join(Thresholds.__dataclass_fields__)
+        raise ValueError(f"unknown threshold {name!r}; known: {known}")
     return Setting(name)
 
 
@@ -387,11 +390,57 @@ def _thresholds(thresholds: Thresholds | None) -> Thresholds:
     return thresholds if thresholds is not None else Thresholds()
 
 
+class _Columns:
+    """A DataFrame seen by the rules during one :func:`evaluate_frame` call.
+
+    It remembers work shared between rules: a text column tested by several ``isin``
+    conditions (``type`` by BALANCE_DRAIN and TRANSFER_SPIKE) is encoded once as codes
+    into its few distinct values, and each test then only looks at those values.
+    """
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+        self.columns = frame.columns
+        self._codes: dict[str, tuple[np.ndarray, list[Any]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def __getitem__(self, name: str) -> pd.Series:
+        return self.frame[name]
+
+    def isin(self, name: str, values: tuple[Any, ...]) -> np.ndarray:
+        """Rows whose ``name`` is a text among ``values`` (missing values are not)."""
+        if name not in self._codes:
+            self._codes[name] = _encode(self.frame[name])
+        codes, distinct = self._codes[name]
+        # One more slot, False, for the code -1 that marks a missing value.
+        member = np.array([isinstance(v, str) and v in values for v in distinct] + [False])
+        return member[codes]
+
+
+def _encode(series: pd.Series) -> tuple[np.ndarray, list[Any]]:
+    """``series`` as integer codes into its distinct values; -1 where it is missing."""
+    dtype = series.dtype
+    if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        encoded = pc.dictionary_encode(pa.array(series))
+        if isinstance(encoded, pa.ChunkedArray):
+            encoded = encoded.combine_chunks()
+        codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+        return codes.astype(np.intp, copy=False), encoded.dictionary.to_pylist()
+    codes, distinct = pd.factorize(series, use_na_sentinel=True)
+    return codes, list(distinct)
+
+
 def evaluate_frame(frame: pd.DataFrame, thresholds: Thresholds | None = None) -> pd.DataFrame:
     """Evaluate every rule on every row at once; one boolean column per rule, same index."""
     t = _thresholds(thresholds)
+    columns = _Columns(frame)
     return pd.DataFrame(
-        {r.name: r.condition.pandas(frame, t) for r in RULES}, index=frame.index
+        {r.name: r.condition.pandas(columns, t) for r in RULES}, index=frame.index
     )
 
 
@@ -405,7 +454,7 @@ def severity_of(fired: Sequence[str]) -> str | None:
     """The alert severity for a list of fired rule names (None when none fired)."""
     if not fired:
         return None
-    return max((BY_NAME[name].severity for name in fired)).name
+    return max(BY_NAME[name].severity for name in fired).name
 
 
 def frame_severity(flags: pd.DataFrame) -> pd.Series:
@@ -482,6 +531,8 @@ def spark_severity(rules_fired: Column) -> Column:
     result = F.lit(None).cast("string")
     for level in sorted(Severity):
         names = [r.name for r in RULES if r.severity == level]
-        has = F.exists(rules_fired, lambda x, names=names: x.isin(names))
+        # arrays_overlap, not F.exists with a lambda: PySpark counts a lambda's
+        # parameters, so a default argument (names=names) made it a 2-argument lambda.
+        has = F.arrays_overlap(rules_fired, F.array(*[F.lit(n) for n in names]))
         result = F.when(has, F.lit(level.name)).otherwise(result)
     return result

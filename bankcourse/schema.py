@@ -143,12 +143,16 @@ def clean_frame(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """
     require_columns(raw.columns, "the dataset")
     n = len(raw)
-    reason = np.full(n, "", dtype=object)
+    flagged = np.zeros(n, dtype=bool)
+    code = np.zeros(n, dtype=np.int16)
+    messages = [""]
 
     def flag(bad: np.ndarray, message: str) -> None:
-        fresh = bad & (reason == "")
+        fresh = bad & ~flagged
         if fresh.any():
-            reason[fresh] = message
+            messages.append(message)
+            code[fresh] = len(messages) - 1
+            flagged[fresh] = True
 
     typed: dict[str, Any] = {}
     for col in COLUMNS:
@@ -187,9 +191,10 @@ def clean_frame(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         else:
             flag(_is_blank(series), f"{col.name}: missing")
             typed[col.name] = series
-    flag(~raw["type"].isin(TXN_TYPES).to_numpy() & (reason == ""), "type: unknown value")
+    flag(~raw["type"].isin(TXN_TYPES).to_numpy() & ~flagged, "type: unknown value")
 
-    bad = reason != ""
+    bad = flagged
+    reason = np.array(messages, dtype=object)[code]
     valid = pd.DataFrame(
         {name: (v.array if isinstance(v, pd.Series) else v) for name, v in typed.items()},
         index=raw.index,

@@ -84,7 +84,7 @@ def test_clean_frame_keeps_good_rows_typed_and_quarantines_bad_ones_with_reasons
     assert str(valid["amount"].dtype) == "float64"
     assert str(valid["step"].dtype) == "int32"
     assert isinstance(valid["event_time"].dtype, pd.DatetimeTZDtype)
-    assert dict(zip(bad["txn_id"], bad[REASON_COLUMN])) == {
+    assert dict(zip(bad["txn_id"], bad[REASON_COLUMN], strict=True)) == {
         "B": "amount: not a number", "C": "type: unknown value", "D": "amount: negative"}
     assert bad.loc[bad["txn_id"] == "B", "amount"].item() == "abc"
 
@@ -93,7 +93,7 @@ def test_clean_frame_and_clean_record_give_the_same_reasons() -> None:
     cases = [row(amount="abc"), row(type="WIRE"), row(amount=-1), row(step=0),
              row(isFraud=3), row(event_time="soon"), row(), row(oldbalanceDest="?")]
     _, bad = schema.clean_frame(pd.DataFrame(cases).astype("object"))
-    from_frame = dict(zip(bad.index, bad[REASON_COLUMN]))
+    from_frame = dict(zip(bad.index, bad[REASON_COLUMN], strict=True))
     for i, case in enumerate(cases):
         assert from_frame.get(i) == schema.clean_record(case)[1], case
 
