@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 TXN_TYPES: tuple[str, ...] = ("CASH_IN", "CASH_OUT", "DEBIT", "PAYMENT", "TRANSFER")
 """The five transaction types of PaySim."""
@@ -130,7 +131,12 @@ def _is_blank(series: pd.Series) -> np.ndarray:
     """True where a raw value is missing or an empty string."""
     blank = series.isna().to_numpy()
     if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
-        blank = blank | (series.astype("str").str.strip() == "").to_numpy()
+        try:
+            text = pa.array(series, from_pandas=True, type=pa.string())
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # an object column holding non-text
+            return blank | (series.astype("str").str.strip() == "").to_numpy()
+        empty = pc.or_(pc.equal(pc.utf8_length(text), 0), pc.utf8_is_space(text))
+        blank = blank | empty.fill_null(False).to_numpy(zero_copy_only=False)
     return blank
 
 
