@@ -21,7 +21,8 @@ is started or stopped: :func:`status` only checks that the cluster answers, and
 Usage::
 
     from bankcourse import broker
-    from bankcourse.settings import SettingError, Settings
+    from bankcourse import java
+from bankcourse.settings import SettingError, Settings
 
     settings = Settings.from_env()
     broker.start(settings)            # returns once the broker serves metadata
@@ -54,24 +55,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bankcourse import java as jdk
 from bankcourse.settings import SettingError, Settings
 
 logger = logging.getLogger(__name__)
 
-#: The oldest Java that runs Kafka 4.
-MIN_JAVA_MAJOR = 17
 #: The Log4j 2 backend put beside the Kafka jars (Kafka's own logging goes through SLF4J).
 LOG4J_VERSION = "2.24.3"
 #: SLF4J 2 API, needed by the log4j-slf4j2-impl binding (Kafka itself asks for 1.7).
 SLF4J_VERSION = "2.0.17"
 #: Where Ivy's default settings fetch from; only used to check that it is reachable.
 MAVEN_CENTRAL = "https://repo1.maven.org/maven2/"
-
-JAVA_INSTALL_HINT = (
-    "install Java 17 or newer, for example `sudo apt-get install openjdk-17-jre-headless` "
-    "(Debian/Ubuntu), `conda install -c conda-forge openjdk=17` or `brew install openjdk@17`, "
-    "then set JAVA_HOME to it or put its bin/ on PATH"
-)
 
 _PID_FILE = "broker.pid"
 _INFO_FILE = "broker.json"
@@ -526,47 +520,15 @@ def tail_log(settings: Settings, lines: int = 50) -> str:
 
 
 def find_java() -> Path:
-    """The ``java`` to run: ``$JAVA_HOME/bin/java``, else the first on PATH; Java 17+.
+    """The ``java`` to run the broker with (see :func:`bankcourse.java.require_java`).
 
     Raises:
         BrokerError: no java, or one older than 17, with how to install one.
     """
-    java_home = os.environ.get("JAVA_HOME")
-    if java_home:
-        candidate = Path(java_home) / "bin" / "java"
-        if not candidate.exists():
-            raise BrokerError(f"JAVA_HOME is {java_home} but {candidate} does not exist; "
-                              f"fix or unset JAVA_HOME, or {JAVA_INSTALL_HINT}")
-        java = candidate
-    else:
-        found = shutil.which("java")
-        if found is None:
-            raise BrokerError(f"Java {MIN_JAVA_MAJOR}+ is needed to run the Kafka broker but "
-                              f"no `java` is on PATH and JAVA_HOME is not set; "
-                              f"{JAVA_INSTALL_HINT}")
-        java = Path(found)
-    major = _java_major(java)
-    if major < MIN_JAVA_MAJOR:
-        raise BrokerError(f"Kafka 4 needs Java {MIN_JAVA_MAJOR} or newer, but {java} is "
-                          f"Java {major}; {JAVA_INSTALL_HINT}")
-    return java
-
-
-def _java_major(java: Path) -> int:
     try:
-        out = subprocess.run([str(java), "-version"], capture_output=True, text=True,
-                             timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BrokerError(f"cannot run {java} -version ({exc}); {JAVA_INSTALL_HINT}") from exc
-    text = out.stderr + out.stdout
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', text)
-    if out.returncode != 0 or match is None:
-        raise BrokerError(f"{java} -version failed: {text.strip()[:300]!r}; "
-                          f"{JAVA_INSTALL_HINT}")
-    major = int(match.group(1))
-    if major == 1 and match.group(2):  # "1.8.0_392" is Java 8
-        major = int(match.group(2))
-    return major
+        return jdk.require_java("the Kafka broker")[0]
+    except jdk.JavaError as exc:
+        raise BrokerError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- jars

@@ -28,23 +28,19 @@ import logging
 import os
 import re
 import shlex
-import shutil
-import subprocess
 import sys
 import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bankcourse import java as jdk
 from bankcourse.settings import Settings
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
-
-MIN_JAVA_MAJOR = 17
-"""The oldest Java that Spark 4 runs on."""
 
 SCALA_BINARY_VERSION = "2.13"
 """The Scala version PySpark 4's jars are built for (the connector's artifact suffix)."""
@@ -58,12 +54,6 @@ MAVEN_CENTRAL_URL = "https://repo1.maven.org/maven2/"
 
 SHUFFLE_PARTITIONS = 2
 """``spark.sql.shuffle.partitions`` of the course's session (Spark's default is 200)."""
-
-JAVA_INSTALL_HINT = (
-    "install a Java 17+ JDK (Debian/Ubuntu: `sudo apt-get install openjdk-17-jdk-headless`; "
-    "conda: `conda install -c conda-forge openjdk=17`) and point JAVA_HOME at it, or unset "
-    "JAVA_HOME to use the `java` on PATH"
-)
 
 _KAFKA_PROVIDER = "org.apache.spark.sql.kafka010.KafkaSourceProvider"
 _CONNECTOR_RE = re.compile(r"org\.apache\.spark:spark-sql-kafka-0-10_([\d.]+):([\w.\-]+)")
@@ -130,51 +120,15 @@ def _submit_args_packages(submit_args: str) -> str:
 
 
 def find_java(env: dict[str, str] | None = None) -> Path:
-    """The ``java`` Spark will launch: ``$JAVA_HOME/bin/java``, else ``java`` on PATH.
+    """The ``java`` Spark will launch (see :func:`bankcourse.java.find_java`).
 
     Raises:
         SparkSetupError: there is none, with how to install one.
     """
-    env = os.environ if env is None else env
-    java_home = env.get("JAVA_HOME")
-    if java_home:
-        java = Path(java_home) / "bin" / "java"
-        if not java.exists():
-            raise SparkSetupError(
-                f"JAVA_HOME is {java_home!r} but {java} does not exist, so Spark cannot "
-                f"start; fix JAVA_HOME or {JAVA_INSTALL_HINT}"
-            )
-        return java
-    found = shutil.which("java", path=env.get("PATH"))
-    if found is None:
-        raise SparkSetupError(
-            f"Spark needs Java {MIN_JAVA_MAJOR}+ but no `java` is on PATH and JAVA_HOME is "
-            f"not set; {JAVA_INSTALL_HINT}"
-        )
-    return Path(found)
-
-
-def java_major(java: Path) -> int:
-    """The major version of ``java`` (8 for "1.8.0_392", 17 for "17.0.15").
-
-    Raises:
-        SparkSetupError: it does not run or prints no version.
-    """
     try:
-        out = subprocess.run([str(java), "-version"], capture_output=True, text=True,
-                             timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SparkSetupError(f"cannot run {java} -version ({exc}); {JAVA_INSTALL_HINT}") \
-            from exc
-    text = out.stderr + out.stdout
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', text)
-    if out.returncode != 0 or match is None:
-        raise SparkSetupError(f"{java} -version failed: {text.strip()[:300]!r}; "
-                              f"{JAVA_INSTALL_HINT}")
-    major = int(match.group(1))
-    if major == 1 and match.group(2):
-        major = int(match.group(2))
-    return major
+        return jdk.find_java(env)
+    except jdk.JavaError as exc:
+        raise SparkSetupError(f"Spark cannot start: {exc}") from None
 
 
 def check_java(env: dict[str, str] | None = None) -> tuple[Path, int]:
@@ -186,14 +140,10 @@ def check_java(env: dict[str, str] | None = None) -> tuple[Path, int]:
     Raises:
         SparkSetupError: no Java, or one that is too old, with the fix.
     """
-    java = find_java(env)
-    major = java_major(java)
-    if major < MIN_JAVA_MAJOR:
-        raise SparkSetupError(
-            f"Spark {pyspark_version()} needs Java {MIN_JAVA_MAJOR} or newer, but {java} is "
-            f"Java {major}; {JAVA_INSTALL_HINT}"
-        )
-    return java, major
+    try:
+        return jdk.require_java(f"Spark {pyspark_version()}", env)
+    except jdk.JavaError as exc:
+        raise SparkSetupError(str(exc)) from None
 
 
 # --- files the session reads ---------------------------------------------------------
