@@ -12,6 +12,8 @@ PY := $(VENV)/bin/python
 BANKCOURSE := $(PY) -m bankcourse
 OUT ?= output
 PYTEST_ARGS ?=
+# Headless runs draw each dashboard once, at the end, instead of live.
+export BANKCOURSE_HEADLESS ?= 1
 
 .PHONY: setup system-deps prefetch course test lint bench student broker-start broker-stop clean
 
@@ -21,6 +23,7 @@ $(PY):
 
 $(VENV)/.installed: $(PY) pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (bankcourse)"
 	touch $@
 
 # Java and kcat come from the system: installed with apt-get when we are root and they are
@@ -72,3 +75,10 @@ broker-stop: setup
 
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache .hypothesis
+
+# Rehearse a mybinder.org build and launch without Docker: a clean environment from
+# binder/environment.yml, binder/postBuild and binder/start as a user who is not root,
+# notebooks run through the broker start launched (ports 59092/59093). A few minutes.
+.PHONY: binder-check
+binder-check: system-deps
+	bash binder/ci-check.sh
