@@ -40,6 +40,12 @@ from bankcourse import schema
 
 logger = logging.getLogger(__name__)
 
+GENERATOR_VERSION = 1
+"""Which rows a seed gives. Bump it with any change that alters generated rows: cached
+datasets are named after it (:func:`bankcourse.dataio.dataset_path`), so a changed
+generator never reuses a file the old one wrote. ``tests/test_generator.py`` holds a
+digest of a small sample that fails when the rows change and the version does not."""
+
 BLOCK_ROWS = 100_000
 """Rows drawn from one random stream; fixed, so chunking never changes the rows."""
 
@@ -445,7 +451,7 @@ def register_cli(subparsers: Any) -> None:
                         default=None,
                         help="file format (default: from --out's suffix, else csv.gz)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="file to write (default: DATA_DIR/paysim-ROWS-seedSEED.FORMAT, "
+                        help="file to write (default: DATA_DIR/paysim-ROWS-seedSEED-vN.FORMAT, "
                              "DATA_DIR from BANKCOURSE_DATA_DIR, default ./data)")
     parser.add_argument("--chunk-rows", type=int, default=BLOCK_ROWS,
                         help=f"rows generated and written at a time; bounds memory, never "

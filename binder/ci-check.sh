@@ -173,7 +173,7 @@ for nb in "${notebooks[@]}"; do
 done
 
 say "binder/start, then run ${notebooks[*]} from notebooks/ through its broker"
-dataset=$(cd "$home" && ls -l --time-style=+%s data/paysim-200000-seed42.csv.gz)
+dataset=$(cd "$home" && ls -l --time-style=+%s data/paysim-200000-seed42-v1.csv.gz)
 cat >"$work/run-notebooks.sh" <<'SH'
 set -e
 for nb in "$@"; do
@@ -192,6 +192,6 @@ if [ -n "$strays" ]; then
     echo "binder-check: the notebooks wrote datasets outside data/: $strays" >&2
     exit 1
 fi
-[ "$(cd "$home" && ls -l --time-style=+%s data/paysim-200000-seed42.csv.gz)" = "$dataset" ] || {
-    echo "binder-check: data/paysim-200000-seed42.csv.gz was rewritten by the notebooks" >&2
+[ "$(cd "$home" && ls -l --time-style=+%s data/paysim-200000-seed42-v1.csv.gz)" = "$dataset" ] || {
+    echo "binder-check: data/paysim-200000-seed42-v1.csv.gz was rewritten by the notebooks" >&2
     exit 1; }

@@ -167,7 +167,7 @@ def test_ensure_dataset_generates_once_then_reuses_the_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings.from_env(data_dir=tmp_path / "data")
     path = dataio.ensure_dataset(settings, rows=3_000, seed=7)
-    assert path == tmp_path / "data" / "paysim-3000-seed7.csv.gz"
+    assert path == tmp_path / "data" / f"paysim-3000-seed7-v{generator.GENERATOR_VERSION}.csv.gz"
     assert len(_read_all(path)) == 3_000
     stamp = os.stat(path).st_mtime_ns
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 
 from bankcourse import cli, dataio, generator, rules, schema
+from bankcourse.settings import Settings
 
 ROWS = 200_000
 
@@ -112,6 +114,29 @@ def test_rows_are_pinned_to_known_values_for_seed_42() -> None:
     assert rows["nameDest"].tolist() == ["C1406780989", "M1427200644", "M1124485133"]
     assert rows["step"].tolist() == [1, 249, 497]
     assert rows["event_time"].iloc[0] == pd.Timestamp("2026-01-01T00:04:10.063785Z")
+
+
+# The rows of generate_frame(5_000, seed=42) as csv text, for each GENERATOR_VERSION.
+SAMPLE_DIGESTS = {1: "af8474ec2f138af12be1a68e2622b773a7bc8bed2ceb97644e93823d6f894856"}
+
+
+def test_changed_rows_come_with_a_new_generator_version() -> None:
+    """Cached datasets are named after GENERATOR_VERSION: changing rows without it is a bug."""
+    text = generator.generate_frame(5_000, seed=42).to_csv(index=False)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    assert SAMPLE_DIGESTS.get(generator.GENERATOR_VERSION) == digest, (
+        "the generator's rows changed: bump generator.GENERATOR_VERSION (so cached datasets "
+        f"are regenerated) and record {digest} for it in SAMPLE_DIGESTS"
+    )
+
+
+def test_dataset_file_names_carry_the_generator_version(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings.from_env(data_dir=tmp_path)
+    now = dataio.dataset_path(settings, rows=1_000, seed=3)
+    assert now.name == f"paysim-1000-seed3-v{generator.GENERATOR_VERSION}.csv.gz"
+    monkeypatch.setattr(generator, "GENERATOR_VERSION", generator.GENERATOR_VERSION + 1)
+    assert dataio.dataset_path(settings, rows=1_000, seed=3) != now
 
 
 def test_negative_rows_or_seed_are_refused_with_a_clear_message() -> None:
