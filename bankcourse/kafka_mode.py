@@ -7,8 +7,9 @@ order on one partition). Each message's Kafka timestamp is its produce time
 
 The detector is a kafka-python consumer in a consumer group. For each poll batch it
 
-* decodes every message and validates it with :func:`bankcourse.schema.clean_record`;
-  a message that is not JSON or breaks the schema goes to the dead-letter topic;
+* decodes every message and validates it (the rules of
+  :func:`bankcourse.schema.clean_record`; see :func:`process_batch`); a message that is
+  not JSON or breaks the schema goes to the dead-letter topic with the reason;
 * evaluates the course's rules once for the whole batch with
   :func:`bankcourse.rules.evaluate_frame` (the one rule definition);
 * writes every valid transaction to ``topic_processed`` (its fields, then ``rules``,
@@ -16,24 +17,35 @@ The detector is a kafka-python consumer in a consumer group. For each poll batch
   (:data:`bankcourse.rules.ALERT_FIELDS`, keyed by account) for each transaction on
   which a rule fired to ``topic_alerts``;
 * makes the batch durable before it moves on. ``at-least-once``: the producer (acks=all)
-  is flushed, then the offsets are committed; a crash in between replays the batch, so
-  alerts may be written twice but never lost. ``exactly-once``: the outputs and the
-  offsets go into one Kafka transaction (a transactional producer per detector
-  instance); readers with ``isolation_level="read_committed"`` see each alert once.
+  is flushed, then the offsets are committed (asynchronously: the next batch does not
+  wait for the answer; the last commit is awaited before the detector stops); a crash
+  in between replays the batch, so alerts may be written twice but never lost.
+  ``exactly-once``: the outputs and the offsets go into one Kafka transaction (a
+  transactional producer per detector instance); readers with
+  ``isolation_level="read_committed"`` see each alert once.
 
 A dead-letter message is a JSON object (see :data:`DEAD_LETTER_FIELDS`): ``reason``,
 where the message came from (``topic``, ``partition``, ``offset``, ``timestamp_ms``,
 ``key``), the original value as text (``original``, null when it is not UTF-8) and as
 base64 (``original_base64``, always exact).
 
-Speed: the producer builds a whole chunk's JSON at once with Arrow and computes each
-account's partition once; the detector evaluates the rules once per poll batch and
-encodes its outputs the same way (small batches go record by record, see
-:data:`PER_RECORD_BELOW`). What remains is kafka-python's own per-record Python work
-(``send`` into its accumulator, parsing fetched batches) and ``schema.clean_record`` per
-message: they, not the rules, bound one detector process; run several in one group
-to use more cores. The ``crc32c`` package must be installed, or kafka-python checksums
-every record batch in pure Python (several times slower).
+Speed: per-message Python work, not the rules, bounds kafka-python, so the work is done
+per batch wherever kafka-python allows it:
+
+* the producer builds a whole chunk's JSON at once with Arrow and hands kafka-python
+  whole record batches, each key already hashed to its partition
+  (:class:`bankcourse.kafka_wire.BatchWriter`), instead of calling ``send`` per message;
+  the detector writes its outputs the same way;
+* the detector's consumer decodes each fetched record batch at once
+  (:func:`bankcourse.kafka_wire.use_bulk_decoding`); the detector parses a poll batch's
+  JSON with Arrow in one go and evaluates the rules once per batch (small batches go
+  record by record, see :data:`PER_RECORD_BELOW`); a message that is not plainly valid
+  is decoded on its own, which gives the dead-letter reason.
+
+:mod:`bankcourse.kafka_wire` holds the record-format work and says what it relies on in
+kafka-python. What remains is kafka-python's per-record loop over fetched records. The
+``crc32c`` package must be installed, or kafka-python checksums every record batch in
+pure Python.
 
 Every loop is bounded: the producer by a message count or a duration, the detector by a
 message count, an idle time or a duration. An unreachable broker gives a
@@ -72,6 +84,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bankcourse import rules, schema
+from bankcourse.kafka_wire import (
+    BatchWriter,
+    KeyPartitions,
+    SendFailures,
+    kafka_python_version,
+    single_chunk,
+    use_bulk_decoding,
+)
 from bankcourse.meter import (
     BatchMetrics,
     ThroughputMeter,
@@ -198,9 +218,13 @@ def _json_text(values: pd.Series) -> pa.Array:
     """One column as JSON text per row (null for missing), built by Arrow in bulk."""
     dtype = values.dtype
     if isinstance(dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(dtype):
+        from bankcourse import dataio
+
         stamps = pd.to_datetime(values, utc=True)
         array = pa.array(stamps, type=pa.timestamp("us", tz="UTC"), from_pandas=True)
-        text = pc.strftime(array, format=EVENT_TIME_JSON_FORMAT)
+        # schema.format_event_time's text, quoted (dataio's is ~15x Arrow's strftime)
+        text = pc.binary_join_element_wise('"', dataio.event_time_text(array).cast(pa.string()),
+                                           '"', "")
     elif pd.api.types.is_bool_dtype(dtype):
         text = pc.if_else(pa.array(values, from_pandas=True), "true", "false")
     elif pd.api.types.is_numeric_dtype(dtype):
@@ -228,6 +252,16 @@ def _json_text(values: pd.Series) -> pa.Array:
 
 def encode_frame(frame: pd.DataFrame, names: Sequence[str] | None = None,
                  raw_json: Mapping[str, Sequence[str]] | None = None) -> list[bytes]:
+    """Each row of ``frame`` as one JSON object (UTF-8 bytes); see :func:`encode_frame_arrow`.
+
+    Returns:
+        One ``bytes`` per row.
+    """
+    return encode_frame_arrow(frame, names, raw_json).to_pylist()
+
+
+def encode_frame_arrow(frame: pd.DataFrame, names: Sequence[str] | None = None,
+                       raw_json: Mapping[str, Sequence[str]] | None = None) -> pa.Array:
     """Each row of ``frame`` as one JSON object (UTF-8 bytes), built column-wise by Arrow.
 
     Args:
@@ -239,14 +273,14 @@ def encode_frame(frame: pd.DataFrame, names: Sequence[str] | None = None,
             pre-encoded ``rules`` array); a name here wins over a column of ``frame``.
 
     Returns:
-        One ``bytes`` per row.
+        An Arrow binary array, one value per row.
     """
     raw_json = dict(raw_json or {})
     if names is None:
         names = schema.NAMES if not schema.missing_columns(frame.columns) else list(frame.columns)
         names = [*names, *(n for n in raw_json if n not in names)]
     if not len(frame):
-        return []
+        return pa.array([], type=pa.binary())
     parts: list[Any] = []
     for i, name in enumerate(names):
         if name in raw_json:
@@ -256,8 +290,8 @@ def encode_frame(frame: pd.DataFrame, names: Sequence[str] | None = None,
         parts.append(("{" if i == 0 else ",") + json.dumps(name) + ":")
         parts.append(text)
     parts.append("}")
-    joined = pc.binary_join_element_wise(*parts, "")
-    return joined.cast(pa.binary()).to_pylist()
+    joined = pc.binary_join_element_wise(*parts, "").cast(pa.binary())
+    return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
 
 
 def _keys(frame: pd.DataFrame) -> list[bytes | None]:
@@ -266,81 +300,17 @@ def _keys(frame: pd.DataFrame) -> list[bytes | None]:
     return [k.encode() if isinstance(k, str) else None for k in frame["nameOrig"].tolist()]
 
 
-_MURMUR2_M = np.uint32(0x5BD1E995)
-
-
-def murmur2_many(keys: Sequence[bytes]) -> np.ndarray:
-    """Kafka's murmur2 hash of each key (as the Java client computes it), vectorised.
-
-    Keys of equal length are hashed together with numpy's wrapping uint32 arithmetic,
-    which gives the same numbers as ``kafka.partitioner.default.murmur2`` (taken
-    ``& 0x7FFFFFFF``) without a Python loop per byte.
-
-    Returns:
-        One uint32 hash per key.
-    """
-    out = np.empty(len(keys), dtype=np.uint32)
-    if not len(keys):
-        return out
-    lengths = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
-    for length in np.unique(lengths).tolist():
-        rows = np.flatnonzero(lengths == length)
-        data = np.frombuffer(b"".join([keys[i] for i in rows]), dtype=np.uint8)
-        out[rows] = _murmur2_same_length(data.reshape(len(rows), length), length)
-    return out
-
-
-def _murmur2_same_length(data: np.ndarray, length: int) -> np.ndarray:
-    m = _MURMUR2_M
-    h = np.full(len(data), (0x9747B28C ^ length) & 0xFFFFFFFF, dtype=np.uint32)
-    blocks = length // 4
-    if blocks:
-        words = np.ascontiguousarray(data[:, :blocks * 4]).view("<u4")
-        for b in range(blocks):
-            k = words[:, b] * m
-            k ^= k >> np.uint32(24)
-            k *= m
-            h *= m
-            h ^= k
-    tail, base = length & 3, blocks * 4
-    if tail >= 3:
-        h ^= data[:, base + 2].astype(np.uint32) << np.uint32(16)
-    if tail >= 2:
-        h ^= data[:, base + 1].astype(np.uint32) << np.uint32(8)
-    if tail >= 1:
-        h ^= data[:, base].astype(np.uint32)
-        h *= m
-    h ^= h >> np.uint32(13)
-    h *= m
-    h ^= h >> np.uint32(15)
-    return h
-
-
-class KeyPartitions:
-    """The partition of each key, as Kafka's default partitioner picks it.
-
-    kafka-python hashes every key in pure Python on each ``send``; here a whole batch
-    of keys is hashed at once (:func:`murmur2_many`, the Java client's rule, so every
-    client puts an account on the same partition) and the partition is passed to
-    ``send`` explicitly.
-    """
-
-    def __init__(self, producer: Any, topic: str) -> None:
-        self._partitions = np.asarray(sorted(producer.partitions_for(topic)), dtype=np.int64)
-
-    def many(self, keys: Sequence[bytes | None]) -> list[int | None]:
-        """The partition of each key (None for a None key: the producer chooses)."""
-        present = [i for i, k in enumerate(keys) if k is not None]
-        if len(present) == len(keys):
-            hashes = murmur2_many(keys)  # type: ignore[arg-type]
-            return self._partitions[(hashes & 0x7FFFFFFF) % len(self._partitions)].tolist()
-        out: list[int | None] = [None] * len(keys)
-        if present:
-            hashes = murmur2_many([keys[i] for i in present])
-            chosen = self._partitions[(hashes & 0x7FFFFFFF) % len(self._partitions)].tolist()
-            for i, partition in zip(present, chosen, strict=True):
-                out[i] = partition
-        return out
+def _key_array(frame: pd.DataFrame, column: str = "nameOrig") -> pa.Array:
+    """The message keys of ``frame`` (its ``column`` as UTF-8) as an Arrow binary array."""
+    if column not in frame.columns:
+        return pa.nulls(len(frame), type=pa.binary())
+    values = frame[column]
+    try:
+        array = pa.array(values, type=pa.string(), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed objects in a raw frame
+        array = pa.array([k if isinstance(k, str) else None for k in values.tolist()],
+                         type=pa.string())
+    return single_chunk(array).cast(pa.binary())
 
 
 # --- the producer ------------------------------------------------------------------------
@@ -380,19 +350,6 @@ def _source_frames(settings: Settings, source: Any, rows: int, seed: int,
             yield source.iloc[start:start + chunk_rows]
     else:
         yield from source
-
-
-class _Failures:
-    """Counts failed sends (an errback per future); keeps the first error."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.first: BaseException | None = None
-
-    def __call__(self, exc: BaseException) -> None:
-        self.count += 1
-        if self.first is None:
-            self.first = exc
 
 
 def produce(
@@ -441,7 +398,7 @@ def produce(
     config = {"linger_ms": 1 if paced else 20, **(producer_config or {})}
     producer = make_producer(settings, **config)
     topic = settings.topic_transactions
-    failures = _Failures()
+    failures = SendFailures()
     sent = size = 0
     stopped = "source exhausted"
     bar = None
@@ -460,6 +417,8 @@ def produce(
         log.info("produce started: topic=%s rate_per_s=%s max_messages=%s duration_s=%s",
                  topic, rate_per_s, max_messages, duration_s)
         partition_of = KeyPartitions(producer, topic)
+        writer = BatchWriter(producer)
+        failures = writer.failures
         send = producer.send
         began = time.perf_counter()
         deadline = began + duration_s if duration_s is not None else None
@@ -468,29 +427,38 @@ def produce(
             if sent >= limit:
                 stopped = "max_messages"
                 break
+            if deadline is not None and time.perf_counter() >= deadline:
+                stopped = "duration"
+                break
             if len(frame) > limit - sent:
                 frame = frame.iloc[: int(limit - sent)]
-            values = encode_frame(frame)
-            keys = _keys(frame)
-            partitions = partition_of.many(keys)
-            for i, (key, value) in enumerate(zip(keys, values, strict=True)):
-                if paced:
+            values = encode_frame_arrow(frame)
+            keys = _key_array(frame)
+            partitions = partition_of.arrow(keys)
+            if not paced:
+                # A whole chunk at once: record batches built in bulk (BatchWriter).
+                writer.send(topic, partitions, keys, values)
+                sent += len(values)
+                size += int(pc.sum(pc.binary_length(values)).as_py() or 0)
+                if bar is not None:
+                    bar.update(len(values))
+            else:
+                value_list, key_list = values.to_pylist(), keys.to_pylist()
+                partition_list = partitions.tolist()
+                for i, value in enumerate(value_list):
                     due = began + sent / rate_per_s
                     now = time.perf_counter()
-                    if due > now + 0.001:
+                    if due > now + 0.0005:
                         time.sleep(due - now)
                     if deadline is not None and now >= deadline:
                         stopped = "duration"
                         break
-                elif deadline is not None and i % 1000 == 0 and time.perf_counter() >= deadline:
-                    stopped = "duration"
-                    break
-                send(topic, value=value, key=key,
-                     partition=partitions[i]).add_errback(failures)
-                sent += 1
-                size += len(value)
-                if bar is not None and sent % 1000 == 0:
-                    bar.update(1000)
+                    send(topic, value=value, key=key_list[i],
+                         partition=partition_list[i]).add_errback(failures)
+                    sent += 1
+                    size += len(value)
+                    if bar is not None and sent % 1000 == 0:
+                        bar.update(1000)
             if stopped == "duration":
                 break
             if failures.count:
@@ -506,7 +474,8 @@ def produce(
             f"messages: {exc}; is the broker still running?") from exc
     finally:
         if bar is not None:
-            bar.update(sent % 1000)
+            if paced:
+                bar.update(sent % 1000)
             bar.close()
         producer.close(timeout=5)
     if failures.count:
@@ -535,7 +504,7 @@ def send_raw(settings: Settings, values: Iterable[bytes | str | None],
     """
     producer = make_producer(settings)
     topic = topic or settings.topic_transactions
-    failures = _Failures()
+    failures = SendFailures()
     count = 0
     try:
         for value in values:
@@ -575,8 +544,10 @@ class BatchOutput:
 
     Attributes:
         valid: how many messages were valid transactions.
-        processed: (key, value) per valid transaction, with ``rules`` and ``severity``.
-        alerts: (key, value) per alert (:data:`rules.ALERT_FIELDS`), keyed by account.
+        processed_keys, processed_values: per valid transaction, its key and its value
+            with ``rules`` and ``severity`` (Arrow binary arrays, input order).
+        alert_keys, alert_values: per alert (:data:`rules.ALERT_FIELDS`), keyed by
+            account (Arrow binary arrays).
         dead_letters: (key, value) per message that failed, and the reasons.
         alert_timestamps_ms: the produce time of each alert's transaction.
         summary: the batch's counts for :meth:`ThroughputMeter.record` (alerts, fraud,
@@ -584,12 +555,26 @@ class BatchOutput:
     """
 
     valid: int
-    processed: list[tuple[bytes | None, bytes]]
-    alerts: list[tuple[bytes | None, bytes]]
+    processed_keys: pa.Array
+    processed_values: pa.Array
+    alert_keys: pa.Array
+    alert_values: pa.Array
     dead_letters: list[tuple[bytes | None, bytes]]
     reasons: list[str]
     alert_timestamps_ms: np.ndarray
     summary: dict[str, Any]
+
+    @property
+    def processed(self) -> list[tuple[bytes | None, bytes]]:
+        """(key, value) per valid transaction."""
+        return list(zip(self.processed_keys.to_pylist(), self.processed_values.to_pylist(),
+                        strict=True))
+
+    @property
+    def alerts(self) -> list[tuple[bytes | None, bytes]]:
+        """(key, value) per alert."""
+        return list(zip(self.alert_keys.to_pylist(), self.alert_values.to_pylist(),
+                        strict=True))
 
 
 def dead_letter(message: Any, reason: str) -> bytes:
@@ -613,32 +598,90 @@ def dead_letter(message: Any, reason: str) -> bytes:
     return json.dumps(envelope).encode()
 
 
-PER_RECORD_BELOW = 64
-"""Batches with fewer valid transactions than this are evaluated record by record
-(``rules.evaluate_record``): a pandas/Arrow pass has a fixed cost of some milliseconds
-that would dominate the latency of small batches. Larger ones use ``evaluate_frame``."""
+PER_RECORD_BELOW = 512
+"""Batches with fewer messages than this are decoded and evaluated record by record
+(``schema.clean_record``, ``rules.evaluate_record``): an Arrow/pandas pass has a fixed
+cost of some milliseconds that would dominate the latency of small batches. Larger ones
+are decoded by Arrow in one go and evaluated with ``evaluate_frame``."""
+
+_NUMERIC_KINDS = ("int", "float", "flag")
+_ARROW_JSON_SCHEMA = pa.schema([
+    pa.field(c.name, pa.float64() if c.kind in _NUMERIC_KINDS else pa.string())
+    for c in schema.COLUMNS])
+_EVENT_TIME_PATTERN = (r"^[1-9]\d{3}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
+                       r"T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{6})?Z$")
+_SMALLEST_SPLIT = 4
 
 
 def process_batch(messages: Sequence[Any], settings: Settings, *,
                   per_record_below: int = PER_RECORD_BELOW) -> BatchOutput:
     """Validate, evaluate and encode one poll batch (no Kafka I/O).
 
+    A large batch is decoded by Arrow in one go (:func:`_decode_fast`); every message
+    that Arrow cannot parse, or whose values are not plainly valid, is decoded again on
+    its own by ``json`` and ``schema.clean_record``, which give the dead-letter reason.
+    Either way the output is the same.
+
     Args:
         messages: kafka-python ConsumerRecords (``value`` raw bytes).
         settings: gives the thresholds.
-        per_record_below: evaluate record by record when there are fewer valid
-            transactions than this; both ways give the same output. Default: 64.
+        per_record_below: work record by record when there are fewer messages than
+            this; both ways give the same output. Default: 512.
 
     Returns:
         A :class:`BatchOutput`.
     """
+    if len(messages) < per_record_below:
+        valid, rows, dead, reasons = _clean_each(messages, range(len(messages)))
+        keys = [messages[i].key for i in rows]
+        stamps = np.asarray([messages[i].timestamp for i in rows], dtype=np.float64)
+        if len(valid) < per_record_below:
+            processed, alerts, hit, summary = _evaluate_records(valid, keys, settings)
+            return BatchOutput(len(valid), *_arrays(processed), *_arrays(alerts), dead,
+                               reasons, stamps[hit], summary)
+        frame = pd.DataFrame.from_records(valid, columns=list(schema.NAMES))
+    else:
+        fast_rows, fast = _decode_fast([m.value for m in messages])
+        slow_rows = np.setdiff1d(np.arange(len(messages)), fast_rows).tolist()
+        valid, rows, dead, reasons = _clean_each(messages, slow_rows)
+        frame = fast
+        if valid:
+            frame = pd.concat([fast, pd.DataFrame.from_records(
+                valid, columns=list(schema.NAMES))], ignore_index=True)
+        positions = np.concatenate([fast_rows, np.asarray(rows, dtype=np.int64)])
+        if len(rows) and len(fast_rows):
+            order = np.argsort(positions, kind="stable")
+            frame = frame.iloc[order].reset_index(drop=True)
+            positions = positions[order]
+        rows = positions.tolist()
+        keys = [messages[i].key for i in rows]
+        stamps = np.asarray([messages[i].timestamp for i in rows], dtype=np.float64)
+    out = _evaluate_frame(frame, pa.array(keys, type=pa.binary()), settings)
+    processed_keys, processed_values, alert_keys, alert_values, hit, summary = out
+    return BatchOutput(len(frame), processed_keys, processed_values, alert_keys,
+                       alert_values, dead, reasons, stamps[hit], summary)
+
+
+def _arrays(pairs: list[tuple[bytes | None, bytes]]) -> tuple[pa.Array, pa.Array]:
+    return (pa.array([k for k, _ in pairs], type=pa.binary()),
+            pa.array([v for _, v in pairs], type=pa.binary()))
+
+
+def _clean_each(messages: Sequence[Any], rows: Iterable[int],
+                ) -> tuple[list[dict[str, Any]], list[int], list[tuple[bytes | None, bytes]],
+                           list[str]]:
+    """``json`` and ``schema.clean_record`` on each of ``messages[rows]``.
+
+    Returns:
+        The valid records, their row numbers, the dead letters and their reasons.
+    """
     loads, clean = _DECODER.decode, schema.clean_record
     valid: list[dict[str, Any]] = []
-    keys: list[bytes | None] = []
-    stamps: list[int] = []
+    kept: list[int] = []
     dead: list[tuple[bytes | None, bytes]] = []
     reasons: list[str] = []
-    for message in messages:
+    for i in rows:
+        message = messages[i]
         value = message.value
         record: dict[str, Any] | None = None
         if not value:
@@ -650,44 +693,161 @@ def process_batch(messages: Sequence[Any], settings: Settings, *,
                 reason = f"not JSON: {exc}"
                 record = None
         if reason is None:
-            valid.append(record)
-            keys.append(message.key)
-            stamps.append(message.timestamp)
+            valid.append(record)  # type: ignore[arg-type]
+            kept.append(i)
         else:
             log.debug("dead letter %s-%d@%d: %s", message.topic, message.partition,
                       message.offset, reason)
             dead.append((message.key, dead_letter(message, reason)))
             reasons.append(reason)
-    if len(valid) < per_record_below:
-        processed, alerts, hit, summary = _evaluate_records(valid, keys, settings)
-    else:
-        processed, alerts, hit, summary = _evaluate_frame(valid, keys, settings)
-    return BatchOutput(len(valid), processed, alerts, dead, reasons,
-                       np.asarray(stamps, dtype=np.float64)[hit], summary)
+    return valid, kept, dead, reasons
 
 
-def _evaluate_frame(valid: list[dict[str, Any]], keys: list[bytes | None],
-                    settings: Settings) -> tuple[list[Any], list[Any], np.ndarray, dict]:
-    """The whole batch at once: one DataFrame, ``evaluate_frame``, Arrow JSON encoding."""
-    frame = pd.DataFrame.from_records(valid, columns=list(schema.NAMES))
+def _decode_fast(values: Sequence[bytes | None]) -> tuple[np.ndarray, pd.DataFrame]:
+    """Decode the plainly valid transactions among ``values`` with Arrow, in one go.
+
+    A value is taken only when it is one JSON object on one line of UTF-8 that Arrow
+    parses with the schema's types (numbers as numbers, text as text, no field twice)
+    and every field holds a value that ``schema.clean_record`` accepts as it is: present,
+    finite, in range, a known type, an ISO ``event_time`` ending in Z. Anything else is
+    left for the record-by-record path, which decides whether it is valid and why not.
+
+    Returns:
+        The row numbers taken (ascending) and their typed frame (schema columns; ``step``
+        and the flags as int64, ``event_time`` as its text), in the same order.
+    """
+    candidates = [i for i, v in enumerate(values)
+                  if v and v[:1] == b"{" and v[-1:] == b"}" and b"\n" not in v
+                  and b"\r" not in v]
+    try:
+        b"\n".join([values[i] for i in candidates]).decode("utf-8")  # type: ignore[misc]
+    except UnicodeDecodeError:
+        candidates = [i for i in candidates if _is_utf8(values[i])]  # type: ignore[arg-type]
+    parts = _parse_lines(values, candidates)
+    taken: list[np.ndarray] = []
+    frames: list[pd.DataFrame] = []
+    for rows, table in parts:
+        good = _plainly_valid(table)
+        if not good.all():
+            table = table.filter(pa.array(good))
+        taken.append(np.asarray(rows, dtype=np.int64)[good])
+        frames.append(_typed_frame(table))
+    if not frames:
+        return np.zeros(0, dtype=np.int64), _typed_frame(_ARROW_JSON_SCHEMA.empty_table())
+    frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    return np.concatenate(taken), frame
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _parse_lines(values: Sequence[bytes | None], rows: list[int],
+                 ) -> list[tuple[list[int], pa.Table]]:
+    """Parse ``values[rows]`` as JSON lines with Arrow; halve the rows on an error.
+
+    Arrow fails a whole read for one bad line: the rows are split in two and each half
+    tried again, down to :data:`_SMALLEST_SPLIT` rows, which are left out (a few bad
+    messages cost some extra parses, not a per-record pass over the batch).
+    """
+    import pyarrow.json as pjson
+
+    if not rows:
+        return []
+    data = b"\n".join([values[i] for i in rows])  # type: ignore[misc]
+    try:
+        table = pjson.read_json(
+            pa.py_buffer(data),
+            read_options=pjson.ReadOptions(block_size=max(len(data) + 1, 1 << 16),
+                                           use_threads=False),
+            parse_options=pjson.ParseOptions(explicit_schema=_ARROW_JSON_SCHEMA,
+                                             unexpected_field_behavior="ignore"))
+        if table.num_rows == len(rows):
+            return [(rows, table)]
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    if len(rows) <= _SMALLEST_SPLIT:
+        return []
+    middle = len(rows) // 2
+    return _parse_lines(values, rows[:middle]) + _parse_lines(values, rows[middle:])
+
+
+def _plainly_valid(table: pa.Table) -> np.ndarray:
+    """Rows whose every value ``schema.clean_record`` accepts as parsed (see
+    :func:`_decode_fast`); False means "decide record by record", not "invalid"."""
+    good = np.ones(table.num_rows, dtype=bool)
+    for col in schema.COLUMNS:
+        column = table.column(col.name)
+        if col.kind in _NUMERIC_KINDS:
+            x = column.to_numpy(zero_copy_only=False)
+            good &= np.isfinite(x)
+            with np.errstate(invalid="ignore"):
+                if col.kind == "float":
+                    good &= x >= 0
+                elif col.kind == "int":
+                    good &= (x >= 1) & (x == np.floor(x))
+                else:
+                    good &= (x == 0) | (x == 1)
+        elif col.kind == "timestamp":
+            good &= _true(pc.match_substring_regex(column, _EVENT_TIME_PATTERN))
+        else:
+            good &= _true(pc.match_substring_regex(column, "[A-Za-z0-9]"))
+    good &= _true(pc.is_in(table.column("type"), pa.array(schema.TXN_TYPES)))
+    if good.any():
+        # The pattern allows 31 February: let a real parser check the dates.
+        texts = table.column("event_time").to_pandas()
+        parsed = pd.to_datetime(texts, format="ISO8601", errors="coerce", utc=True)
+        good &= parsed.notna().to_numpy()
+    return good
+
+
+def _true(mask: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _typed_frame(table: pa.Table) -> pd.DataFrame:
+    """The schema's columns of an Arrow-parsed table, with the types of clean records."""
+    columns: dict[str, Any] = {}
+    for col in schema.COLUMNS:
+        column = table.column(col.name)
+        if col.kind in ("int", "flag"):
+            columns[col.name] = column.to_numpy(zero_copy_only=False).astype(np.int64)
+        elif col.kind == "float":
+            columns[col.name] = column.to_numpy(zero_copy_only=False)
+        else:
+            columns[col.name] = column.to_pandas()
+    return pd.DataFrame(columns)
+
+
+def _evaluate_frame(frame: pd.DataFrame, keys: pa.Array, settings: Settings,
+                    ) -> tuple[pa.Array, pa.Array, pa.Array, pa.Array, np.ndarray, dict]:
+    """The whole batch at once: ``evaluate_frame``, then Arrow JSON encoding.
+
+    Returns:
+        Processed keys and values, alert keys and values, the rows with alerts, the
+        batch summary.
+    """
     flags = rules.evaluate_frame(frame, settings.thresholds)
     mask = np.zeros(len(frame), dtype=np.int64)
     for bit, rule in enumerate(rules.RULES):
         mask |= flags[rule.name].to_numpy(dtype=np.int64) << bit
     rules_json = np.asarray(_RULES_JSON, dtype=object)[mask]
     severity_json = np.asarray(_SEVERITY_JSON, dtype=object)[mask]
-    processed_values = encode_frame(frame, [*schema.NAMES, "rules", "severity"],
-                                    {"rules": rules_json, "severity": severity_json})
-    processed = list(zip(keys, processed_values, strict=True))
+    processed_values = encode_frame_arrow(frame, [*schema.NAMES, "rules", "severity"],
+                                          {"rules": rules_json, "severity": severity_json})
     hit = np.flatnonzero(mask)
-    alerts: list[tuple[bytes | None, bytes]] = []
+    alert_keys = alert_values = pa.array([], type=pa.binary())
     if len(hit):
         rows = frame.iloc[hit].rename(columns={"nameOrig": "account"})
-        alert_values = encode_frame(rows, rules.ALERT_FIELDS, {
+        alert_values = encode_frame_arrow(rows, rules.ALERT_FIELDS, {
             "rules": rules_json[hit], "severity": severity_json[hit]})
-        alerts = [(acc.encode(), val) for acc, val in zip(rows["account"].tolist(),
-                                                          alert_values, strict=True)]
-    return processed, alerts, hit, summarise_frame(frame, flags)
+        alert_keys = _key_array(rows, "account")
+    return (keys, processed_values, alert_keys, alert_values, hit,
+            summarise_frame(frame, flags))
 
 
 def _evaluate_records(valid: list[dict[str, Any]], keys: list[bytes | None],
@@ -814,6 +974,7 @@ def detect(
     meter: ThroughputMeter | None = None,
     create_topics: bool = True,
     keep_latencies: bool = True,
+    latency_warmup_s: float = 0.0,
 ) -> DetectReport:
     """Run the fraud detector on ``settings.topic_transactions`` until a bound is reached.
 
@@ -835,6 +996,9 @@ def detect(
         meter: the meter to record into (to share with a dashboard). Default: a new one.
         create_topics: create missing topics first. Default: True.
         keep_latencies: keep every alert's latency in the report. Default: True.
+        latency_warmup_s: leave out of the latencies the alerts of transactions produced
+            within this many seconds of the first one consumed (connections, first
+            batches). Default: 0 (keep all).
 
     Returns:
         A :class:`DetectReport`.
@@ -861,7 +1025,9 @@ def detect(
         "auto_offset_reset": "earliest",
         "isolation_level": "read_committed",
         "max_poll_records": max_batch_rows,
-        "fetch_max_wait_ms": 100,
+        # A sparse input: the broker answers a fetch as soon as data arrives; a short
+        # wait bounds how long a fetch sent just before can hold a message back.
+        "fetch_max_wait_ms": 25,
         "session_timeout_ms": 10_000,
         "heartbeat_interval_ms": 2_000,
         "max_poll_interval_ms": 60_000,
@@ -870,10 +1036,17 @@ def detect(
     if static_member:
         consumer_config["group_instance_id"] = instance_id
     consumer = _connect(settings, KafkaConsumer, **consumer_config)
+    if not use_bulk_decoding(consumer):
+        log.info("kafka-python %s: fetched batches are decoded record by record",
+                 kafka_python_version())
     producer = None
     try:
-        producer_config: dict[str, Any] = {"linger_ms": 2, "client_id": consumer_config[
-            "client_id"]}
+        # Each batch is flushed (or committed) at once, so linger only matters between
+        # sends of one batch. A short retry backoff: transactional requests that meet the
+        # previous transaction still completing are retried after it (100 ms by default
+        # made the latency tail in exactly-once mode).
+        producer_config: dict[str, Any] = {"linger_ms": 2, "retry_backoff_ms": 20,
+                                           "client_id": consumer_config["client_id"]}
         if exactly_once:
             producer_config.update(transactional_id=f"{group}-{instance_id}",
                                    transaction_timeout_ms=20_000)
@@ -885,7 +1058,7 @@ def detect(
         consumer.subscribe([settings.topic_transactions])
         _detect_loop(settings, consumer, producer, report, exactly_once, max_messages,
                      idle_timeout_s, duration_s, max_batch_rows, on_batch, meter,
-                     keep_latencies, OffsetAndMetadata)
+                     keep_latencies, OffsetAndMetadata, latency_warmup_s)
     except KafkaError as exc:
         raise KafkaModeError(
             f"detector failed ({mode}, group {group}): {type(exc).__name__}: {exc}; "
@@ -907,8 +1080,8 @@ def _detect_loop(settings: Settings, consumer: Any, producer: Any, report: Detec
                  duration_s: float | None, max_batch_rows: int,
                  on_batch: Callable[[BatchMetrics], Any] | None,
                  meter: ThroughputMeter | None, keep_latencies: bool,
-                 offset_and_metadata: Any) -> None:
-    from kafka.errors import CommitFailedError, KafkaError
+                 offset_and_metadata: Any, latency_warmup_s: float = 0.0) -> None:
+    from kafka.errors import KafkaError
 
     meter = meter if meter is not None else ThroughputMeter("kafka")
     if on_batch is not None:
@@ -917,12 +1090,15 @@ def _detect_loop(settings: Settings, consumer: Any, producer: Any, report: Detec
     began = time.perf_counter()
     last_message = began
     busy_s = 0.0
+    unconfirmed: dict[Any, Any] = {}
+    first_stamp_ms: float | None = None
     positions: dict[Any, int] = {}
     assigned: set[int] = set()
     t_alerts, t_processed, t_dead = (settings.topic_alerts, settings.topic_processed,
                                      settings.topic_dead_letter)
     alert_partition = KeyPartitions(producer, t_alerts)
     processed_partition = KeyPartitions(producer, t_processed)
+    writer = BatchWriter(producer)
     log.info("detect started: mode=%s group=%s instance=%s topic=%s",
              report.mode, report.group, report.instance_id, settings.topic_transactions)
     try:
@@ -940,7 +1116,12 @@ def _detect_loop(settings: Settings, consumer: Any, producer: Any, report: Detec
             want = max_batch_rows if max_messages is None else min(
                 max_batch_rows, max_messages - report.consumed)
             polled = consumer.poll(timeout_ms=200, max_records=want)
-            assigned.update(tp.partition for tp in consumer.assignment())
+            owned_now = consumer.assignment()
+            assigned.update(tp.partition for tp in owned_now)
+            for tp in [tp for tp in unconfirmed if tp not in owned_now]:
+                # Revoked: its offsets are another detector's to commit now (a stale
+                # commit here at the end could only move them back).
+                del unconfirmed[tp]
             if not polled:
                 continue
             started = time.perf_counter()
@@ -952,20 +1133,13 @@ def _detect_loop(settings: Settings, consumer: Any, producer: Any, report: Detec
             if exactly_once:
                 producer.begin_transaction()
             try:
-                failures = _Failures()
-                send = producer.send
-                keys = [key for key, _ in out.processed]
-                for (key, value), partition in zip(out.processed, processed_partition.many(
-                        keys), strict=True):
-                    send(t_processed, value=value, key=key,
-                         partition=partition).add_errback(failures)
-                keys = [key for key, _ in out.alerts]
-                for (key, value), partition in zip(out.alerts, alert_partition.many(keys),
-                                                   strict=True):
-                    send(t_alerts, value=value, key=key,
-                         partition=partition).add_errback(failures)
+                failures = writer.failures = SendFailures()
+                writer.send(t_processed, processed_partition.arrow(out.processed_keys),
+                            out.processed_keys, out.processed_values)
+                writer.send(t_alerts, alert_partition.arrow(out.alert_keys),
+                            out.alert_keys, out.alert_values)
                 for key, value in out.dead_letters:
-                    send(t_dead, value=value, key=key).add_errback(failures)
+                    producer.send(t_dead, value=value, key=key).add_errback(failures)
                 if exactly_once:
                     _run_bounded(functools.partial(producer.send_offsets_to_transaction,
                                                    offsets, consumer.group_metadata()),
@@ -974,18 +1148,17 @@ def _detect_loop(settings: Settings, consumer: Any, producer: Any, report: Detec
                                  "transaction commit")
                 else:
                     producer.flush(timeout=MAX_BLOCK_MS / 1000)
+                durable_ms = time.time() * 1000.0
                 if failures.count:
                     raise KafkaModeError(
                         f"{failures.count} output messages failed ({failures.first}); "
                         "offsets not committed, the batch will be processed again")
                 if not exactly_once:
-                    try:
-                        consumer.commit(offsets, timeout_ms=MAX_BLOCK_MS)
-                    except CommitFailedError as exc:
-                        # The partitions moved to another detector, which will process
-                        # this batch again: a duplicate, as at-least-once allows.
-                        log.warning("offset commit failed after a rebalance (%s); the "
-                                    "batch's output may be written twice", exc)
+                    # The output is durable: commit without waiting for the answer (the
+                    # next batch's work overlaps it); the last commit is waited for at
+                    # the end. A lost commit only replays a batch, as at-least-once allows.
+                    consumer.commit_async(offsets, callback=_commit_failed)
+                    unconfirmed.update(offsets)
             except KafkaError as exc:
                 if not exactly_once or not _abortable(exc):
                     raise
@@ -1000,9 +1173,14 @@ def _detect_loop(settings: Settings, consumer: Any, producer: Any, report: Detec
                         consumer.seek(tp, committed if committed is not None else 0)
                 report.aborted += 1
                 continue
-            done = time.time() * 1000.0
+            done = durable_ms
+            if first_stamp_ms is None:
+                first_stamp_ms = min(m.timestamp for m in messages)
             if keep_latencies and len(out.alert_timestamps_ms):
-                report.latencies_ms.extend((done - out.alert_timestamps_ms).tolist())
+                stamps = out.alert_timestamps_ms
+                if latency_warmup_s > 0:
+                    stamps = stamps[stamps >= first_stamp_ms + latency_warmup_s * 1000.0]
+                report.latencies_ms.extend((done - stamps).tolist())
             seconds = time.perf_counter() - started
             busy_s += seconds
             report.batches += 1
@@ -1017,12 +1195,37 @@ def _detect_loop(settings: Settings, consumer: Any, producer: Any, report: Detec
                 positions[tp] = offset.offset
             meter.record(len(messages), seconds, lag=_lag(consumer, positions),
                          **out.summary)
+        if unconfirmed:
+            owned = consumer.assignment()
+            _commit_sync(consumer, {tp: o for tp, o in unconfirmed.items() if tp in owned})
     finally:
         report.seconds = time.perf_counter() - began
         report.rows_per_s = report.consumed / busy_s if busy_s > 0 else 0.0
         report.partitions = sorted(assigned)
         if on_batch is not None:
             meter.remove_listener(on_batch)
+
+
+def _commit_failed(offsets: Mapping[Any, Any], result: Any) -> None:
+    """Callback of an asynchronous offset commit: log a failure (the batch replays)."""
+    if isinstance(result, BaseException):
+        log.warning("offset commit failed (%s); the batch's output may be written twice "
+                    "after a restart or rebalance", result)
+
+
+def _commit_sync(consumer: Any, offsets: Mapping[Any, Any]) -> None:
+    """Commit ``offsets`` and wait; a rebalance in between only means a replay."""
+    from kafka.errors import CommitFailedError
+
+    if not offsets:
+        return
+    try:
+        consumer.commit(dict(offsets), timeout_ms=MAX_BLOCK_MS)
+    except CommitFailedError as exc:
+        # The partitions moved to another detector, which will process the batch
+        # again: a duplicate, as at-least-once allows.
+        log.warning("offset commit failed after a rebalance (%s); the batch's output may "
+                    "be written twice", exc)
 
 
 def _abortable(exc: BaseException) -> bool:
@@ -1215,7 +1418,8 @@ def _cli_detect(args: argparse.Namespace) -> int:
         report = detect(settings, mode=args.mode, group=args.group,
                         instance_id=args.instance_id, max_messages=args.max_messages,
                         idle_timeout_s=args.idle_timeout_s, duration_s=args.duration_s,
-                        max_batch_rows=args.batch_rows)
+                        max_batch_rows=args.batch_rows,
+                        latency_warmup_s=args.latency_warmup_s)
     except KafkaModeError as exc:
         return _failed(exc)
     if args.json:
@@ -1300,6 +1504,9 @@ def register_cli(subparsers: Any) -> None:
                      help="stop after this many seconds")
     det.add_argument("--batch-rows", type=_positive_int, default=5_000,
                      help="most messages per poll batch (default: 5000)")
+    det.add_argument("--latency-warmup-s", type=float, default=0.0,
+                     help="leave transactions produced in the first this many seconds "
+                          "out of the latency figures (default: 0)")
     det.add_argument("--json", action="store_true", help="print the report as JSON")
     det.set_defaults(func=_cli_detect)
 

@@ -14,7 +14,8 @@ For each detector mode it measures, on fresh topics:
    ``--rows`` more; from the first send until the detector has made the last alert
    durable;
 4. latency: the producer at each steady ``--latency-rates`` (txn/s) for ``--latency-s``
-   seconds; produce time (the Kafka timestamp, ms) to alert durable, p50 and p99;
+   seconds after a 2 s warm-up; produce time (the Kafka timestamp, ms) to alert
+   durable, p50 and p99;
 
 and the broker's resident memory (RSS) sampled through the run. Producer and detector
 alone are also given per CPU-second of this process (time.process_time), a figure that
@@ -45,6 +46,9 @@ import psutil
 
 from bankcourse import broker, generator, kafka_mode
 from bankcourse.settings import Settings
+
+WARMUP_S = 2.0
+"""Seconds of steady input left out of the latency figures (connections, first batches)."""
 
 
 class RssSampler:
@@ -128,11 +132,11 @@ def wait_for_members(settings: Settings, group: str, timeout_s: float = 60) -> N
 
 
 def start_detector(settings: Settings, mode: str, group: str, max_messages: int,
-                   ) -> subprocess.Popen[str]:
+                   latency_warmup_s: float = 0.0) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "bankcourse", "-q", "kafka", "detect", "--json",
          "--mode", mode, "--group", group, "--max-messages", str(max_messages),
-         "--idle-timeout-s", "60"],
+         "--idle-timeout-s", "60", "--latency-warmup-s", str(latency_warmup_s)],
         env=env_for(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -180,8 +184,8 @@ def bench_mode(settings: Settings, mode: str, frame: Any, rows: int,
     for rate in latency_rates:
         topics = fresh_topics(settings)
         group = f"bench-{uuid.uuid4().hex[:6]}"
-        count = min(int(rate * latency_s), len(frame))
-        detector = start_detector(topics, mode, group, count)
+        count = min(int(rate * (latency_s + WARMUP_S)), len(frame))
+        detector = start_detector(topics, mode, group, count, latency_warmup_s=WARMUP_S)
         wait_for_members(topics, group)
         kafka_mode.produce(topics, frame, max_messages=count, rate_per_s=rate,
                            progress=False)

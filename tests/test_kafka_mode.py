@@ -219,17 +219,60 @@ def test_record_by_record_and_whole_batch_evaluation_write_the_same_messages() -
         assert by_record.summary[name] == by_frame.summary[name], name
 
 
-def test_vectorised_murmur2_puts_every_key_where_kafkas_partitioner_would() -> None:
-    import random
+def test_batch_decoding_sends_malformed_messages_to_the_dead_letters_like_record_by_record(
+        ) -> None:
+    frame = generator.generate_frame(1_500, seed=21)
+    frame.loc[frame.index[::50], "oldbalanceDest"] = float("nan")
+    values = kafka_mode.encode_frame(frame)
+    template = json.loads(values[0])
+    odd: list[bytes | None] = [
+        b"this is not json",
+        b"\xff\xfe\x00",
+        b"[1, 2, 3]",
+        b"",
+        None,
+        b'{"txn_id": "T1", "amount": 5}',
+        json.dumps({**template, "amount": "lots"}).encode(),
+        json.dumps({**template, "amount": "12.5"}).encode(),  # text that is a number: valid
+        json.dumps({**template, "amount": -1.0}).encode(),
+        json.dumps({**template, "type": "WIRE"}).encode(),
+        json.dumps({**template, "step": 3.5}).encode(),
+        json.dumps({**template, "isFraud": True}).encode(),
+        json.dumps({**template, "txn_id": "   "}).encode(),
+        json.dumps({**template, "event_time": "2026-02-30T00:00:00Z"}).encode(),
+        json.dumps({**template, "event_time": "2026-01-01 00:00:00"}).encode(),
+        json.dumps({**template, "oldbalanceOrg": None}).encode(),
+        json.dumps({**template, "extra": "\u00e9"}).encode(),
+        json.dumps({**template, "amount": float("inf")}).encode(),
+        json.dumps({**template, "amount": float("nan")}).encode(),
+        json.dumps(template).replace(', "step"', ',\n "step"').encode(),
+        json.dumps(template).encode()[:-1] + b', "amount": 7}',  # a field twice: last wins
+        json.dumps(template).encode() + json.dumps(template).encode(),
+        b"  " + json.dumps(template).encode(),
+        json.dumps(template).encode()[:-1] + b', "x": "\xff"}',
+    ]
+    mixed: list[bytes | None] = list(values)
+    for i, value in enumerate(odd):
+        mixed.insert(37 * i + 5, value)
+    keys = [None if v is None else b"C%d" % i for i, v in enumerate(mixed)]
+    messages = _consumer_records(mixed, keys)  # type: ignore[arg-type]
+    by_record = kafka_mode.process_batch(messages, Settings(), per_record_below=10**9)
+    in_bulk = kafka_mode.process_batch(messages, Settings(), per_record_below=0)
 
-    from kafka.partitioner.default import murmur2
+    assert in_bulk.valid == by_record.valid
+    assert in_bulk.valid + len(in_bulk.dead_letters) == len(mixed)
+    assert in_bulk.reasons == by_record.reasons and len(in_bulk.reasons) >= 15
+    assert in_bulk.dead_letters == by_record.dead_letters
+    assert in_bulk.processed_keys.to_pylist() == by_record.processed_keys.to_pylist()
 
-    rng = random.Random(7)
-    keys = [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 30)))
-            for _ in range(3_000)]
-    keys += [f"C{rng.randrange(10**10)}".encode() for _ in range(3_000)]
-    expected = [murmur2(key) & 0x7FFFFFFF for key in keys]
-    assert (kafka_mode.murmur2_many(keys) & 0x7FFFFFFF).tolist() == expected
+    def decoded(values: list[bytes]) -> list[Any]:
+        return [json.loads(v) for v in values]
+
+    assert decoded(in_bulk.processed_values.to_pylist()) == decoded(
+        by_record.processed_values.to_pylist())
+    assert in_bulk.alerts and decoded([v for _, v in in_bulk.alerts]) == decoded(
+        [v for _, v in by_record.alerts])
+    assert list(in_bulk.alert_timestamps_ms) == list(by_record.alert_timestamps_ms)
 
 
 def test_latency_percentiles_report_the_middle_and_the_tail() -> None:
