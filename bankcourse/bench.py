@@ -12,10 +12,13 @@ csv.gz, parquet and, for its first ``--baseline-rows`` rows, JSON lines, then me
   :func:`bankcourse.kafka_mode.produce` streams ``--stream-rows`` transactions, from the
   first send until the detector has made the last alert durable; then the producer at a
   steady ``--latency-rate`` for ``--latency-s`` seconds, produce time to alert durable;
-* ``spark``: :func:`bankcourse.spark_mode.run_batch` on the parquet file; the
-  Kafka-to-Kafka detector (:func:`bankcourse.spark_mode.run_detector`) working through
-  the same ``--stream-rows`` messages (micro-batch time, from Spark's own progress), and
-  its latency at the steady rate in micro-batch and, where Spark has it, real-time mode;
+* ``spark``: :func:`bankcourse.spark_mode.run_batch` on the parquet file and on a
+  larger one (``--spark-batch-rows``, fixed job cost amortised); the Kafka-to-Kafka
+  detector (:func:`bankcourse.spark_mode.run_detector`) working through
+  ``--spark-stream-rows`` messages loaded into a topic beforehand (not timed), after an
+  untimed warm-up query (Spark's own batch durations: first offset to last output
+  written); its latency at the steady rate in micro-batch (asynchronous progress
+  tracking) and, where Spark has it, real-time mode;
 
 sampling the resident memory (RSS) of the broker, of this Python process and its
 children, and of Spark's driver JVM every 0.1 s (:class:`MemorySampler`).
@@ -95,11 +98,24 @@ WARMUP_ROWS = 20_000
 CHILDREN_REFRESH_S = 1.0
 """How often the memory sampler looks for new child processes (a detector, Spark)."""
 
-SPARK_BATCHES = 5
-"""Micro-batches the Spark throughput run splits its backlog into."""
+SPARK_BATCHES = 2
+"""Micro-batches the Spark throughput run splits its backlog into (one task per core each)."""
+
+SPARK_STREAM_ROWS = 1_000_000
+"""Messages the Spark Kafka-to-Kafka throughput run works through (``--spark-stream-rows``)."""
+
+SPARK_BATCH_ROWS = 3_000_000
+"""Rows of the larger parquet dataset Spark batch is also timed on (fixed job cost
+amortised; ``--spark-batch-rows``, 0 to skip)."""
+
+SPARK_WARMUP_ROWS = 20_000
+"""Messages of the untimed warm-up query run before the Spark throughput is timed."""
 
 SPARK_WARMUP_S = 2.0
 """Spark latency runs ignore the messages of their first seconds (query warm-up)."""
+
+SPARK_LATENCY_WARMUP = 500
+"""Warm-up transactions a Spark latency run sends, and waits for, before its steady run."""
 
 GROUPS: tuple[str, ...] = ("broker", "python", "spark")
 """The process groups whose resident memory is sampled."""
@@ -584,7 +600,8 @@ def bench_datasets(settings: Settings, rows: int, seed: int = 42,
     paths["warmup"] = dataio.ensure_dataset(settings, rows=min(rows, WARMUP_ROWS), seed=seed,
                                             fmt="parquet")
     head = min(baseline_rows, rows)
-    jsonl = Path(settings.data_dir) / f"paysim-{rows}-seed{seed}-head{head}.jsonl"
+    stem = paths["parquet"].name.removesuffix(".parquet")  # carries the generator version
+    jsonl = paths["parquet"].with_name(f"{stem}-head{head}.jsonl")
     if not jsonl.exists():
         with dataio.atomic_writer(jsonl, "jsonl") as writer:
             for table in generator.iter_tables(head, seed, total_rows=rows):
@@ -612,8 +629,9 @@ def cpu_seconds(broker_pid: int | None = None) -> float:
     import psutil
 
     me = psutil.Process()
-    times = me.cpu_times()
-    total = times.user + times.system
+    # process_time has nanosecond resolution; psutil's times tick every 10 ms, which
+    # would make a short stage look like it used no CPU at all.
+    total = time.process_time()
     with contextlib.suppress(ImportError):
         import resource
 
@@ -780,15 +798,18 @@ class DetectorProcess:
         mode: ``at-least-once`` or ``exactly-once``.
         max_messages: the detector stops after this many messages.
         idle_timeout_s: ... or when none came for this long. Default: 60.
+        latency_warmup_s: its latencies leave out the first this many seconds of input
+            (``--latency-warmup-s``). Default: 0.
     """
 
     def __init__(self, settings: Settings, mode: str, max_messages: int,
-                 idle_timeout_s: float = 60.0) -> None:
+                 idle_timeout_s: float = 60.0, latency_warmup_s: float = 0.0) -> None:
         self.settings = settings
         self.group = f"bench-{uuid.uuid4().hex[:8]}"
         command = [sys.executable, "-m", "bankcourse", "-q", "kafka", "detect", "--json",
                    "--mode", mode, "--group", self.group, "--max-messages", str(max_messages),
-                   "--idle-timeout-s", str(idle_timeout_s)]
+                   "--idle-timeout-s", str(idle_timeout_s),
+                   "--latency-warmup-s", str(latency_warmup_s)]
         # stderr goes to a file: a pipe nobody reads while the producer runs could fill
         # up and stall the detector.
         self._stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
@@ -892,10 +913,19 @@ def kafka_end_to_end(settings: Settings, source: Path, *, mode: str, rows: int,
     }
 
 
+KAFKA_WARMUP_S = 2.0
+"""Seconds of steady input before the Kafka latency figures start (the detector's first
+batches open connections and load code; the tail they make is not the steady state)."""
+
+
 def kafka_latency(settings: Settings, source: Path, *, mode: str,
                   rate_per_s: float = DEFAULT_LATENCY_RATE_PER_S,
-                  duration_s: float = DEFAULT_LATENCY_S) -> dict[str, float]:
+                  duration_s: float = DEFAULT_LATENCY_S,
+                  warmup_s: float = KAFKA_WARMUP_S) -> dict[str, float]:
     """Produce at a steady rate to a waiting detector; latency produce to alert durable.
+
+    The input runs ``warmup_s + duration_s`` seconds; alerts of transactions produced in
+    the first ``warmup_s`` seconds are left out of the figures.
 
     Returns:
         :func:`bankcourse.kafka_mode.latency_percentiles` of every alert, plus
@@ -904,13 +934,13 @@ def kafka_latency(settings: Settings, source: Path, *, mode: str,
     from bankcourse import kafka_mode
 
     topics = fresh_topics(settings, f"kafka-latency-{mode}")
-    count = max(int(rate_per_s * duration_s), 1)
-    with DetectorProcess(topics, mode, count) as detector:
+    count = max(int(rate_per_s * (duration_s + warmup_s)), 1)
+    with DetectorProcess(topics, mode, count, latency_warmup_s=warmup_s) as detector:
         detector.wait_joined()
         produced = kafka_mode.produce(topics, source, max_messages=count,
                                       rate_per_s=rate_per_s, progress=False,
                                       create_topics=False)
-        report = detector.finish(duration_s * 3 + 120)
+        report = detector.finish((duration_s + warmup_s) * 3 + 120)
     return {**report["latency"], "rate_per_s": produced.rate_per_s,
             "messages": float(produced.messages)}
 
@@ -946,34 +976,39 @@ def measure_kafka(settings: Settings, source: Path, *, mode: str, rows: int,
     result.p50_ms, result.p99_ms = latency["p50_ms"], latency["p99_ms"]
     result.latency_rate_per_s = round(latency["rate_per_s"], 1)
     result.notes += (f"; latency over {latency['count']:.0f} alerts at "
-                     f"{latency['rate_per_s']:,.0f}/s, max {latency['max_ms']:.0f} ms")
+                     f"{latency['rate_per_s']:,.0f}/s after a {KAFKA_WARMUP_S:g} s warm-up, "
+                     f"max {latency['max_ms']:.0f} ms")
     return result, chosen["topics"]
 
 
 def measure_spark_batch(spark: Any, path: Path, settings: Settings, out_dir: Path, *,
                         repeat: int = DEFAULT_REPEAT, statistic: str = "best",
-                        warmup_path: Path | None = None) -> StageResult:
+                        warmup_path: Path | None = None, fmt: str = "parquet",
+                        label: str = "") -> StageResult:
     """Time :func:`bankcourse.spark_mode.run_batch` on ``path`` (alerts written).
 
     Args:
         warmup_path: a small dataset run once first, untimed, so the figure is not the
             JVM's and the code generator's first run. Default: None (no warm-up).
+        fmt: the alerts' format (``run_batch``'s ``fmt``). Default: parquet.
+        label: added to the line's name (such as the row count). Default: none.
     """
     from bankcourse import dataio, spark_mode
 
-    fmt = dataio.detect_format(path)
+    source = dataio.detect_format(path)
     if warmup_path is not None:
-        spark_mode.run_batch(spark, warmup_path, settings, out_dir / "spark_warmup")
+        spark_mode.run_batch(spark, warmup_path, settings, out_dir / "spark_warmup", fmt=fmt)
     runs: list[Run] = []
     for _ in range(repeat):
         cpu = cpu_seconds()
-        report = spark_mode.run_batch(spark, path, settings, out_dir / "spark_batch")
+        report = spark_mode.run_batch(spark, path, settings, out_dir / "spark_batch", fmt=fmt)
         runs.append((report["rows"], report["seconds"], {
             "cpu_s": cpu_seconds() - cpu,
-            "notes": f"{report['alerts']:,} alerts; spark.read, rules as Columns, "
-                     f"alerts written as JSON"
+            "notes": f"{report['alerts']:,} alerts; spark.read, checks and rules as Columns, "
+                     f"counts by observe in the same pass, alerts written as {fmt}"
                      + ("; after an untimed warm-up run" if warmup_path else "")}))
-    return _result(f"spark batch ({fmt})", "spark", runs, statistic)
+    name = f"spark batch ({source}{', ' + label if label else ''})"
+    return _result(name, "spark", runs, statistic)
 
 
 def _topic_counts(settings: Settings, topics: Sequence[str]) -> dict[str, int]:
@@ -996,32 +1031,69 @@ def _topic_counts(settings: Settings, topics: Sequence[str]) -> dict[str, int]:
         consumer.close(autocommit=False)
 
 
+def spark_load_topic(spark: Any, settings: Settings, source: Path, rows: int) -> float:
+    """Put the first ``rows`` transactions of ``source`` into ``settings``' transactions
+    topic with Spark's batch Kafka writer (the fastest loader here); seconds taken.
+
+    The messages carry the course producer's fields, key (the account) and event-time
+    text; numbers are Spark's JSON text (``0.0`` where Python writes ``0``), the same
+    values. Not part of any figure.
+    """
+    from pyspark.sql import functions as F
+
+    from bankcourse import spark_mode
+
+    began = time.perf_counter()
+    frame = spark.read.parquet(str(source)).limit(int(rows))
+    columns = [(F.date_format("event_time", spark_mode.EVENT_TIME_FORMAT)
+                if c == "event_time" else F.col(c)).alias(c) for c in frame.columns]
+    frame.select(F.col("nameOrig").alias("key"), F.to_json(F.struct(*columns)).alias("value")) \
+        .write.format("kafka").options(**spark_mode.kafka_options(settings)) \
+        .option("topic", settings.topic_transactions) \
+        .option("kafka.linger.ms", "20").option("kafka.batch.size", str(512 * 1024)).save()
+    return time.perf_counter() - began
+
+
 def spark_stream_throughput(spark: Any, settings: Settings, loaded: Settings, rows: int,
                             checkpoint_root: Path, *, batches: int = SPARK_BATCHES,
                             timeout_s: float = 600.0, broker_pid: int | None = None,
-                            ) -> dict[str, Any]:
+                            warmup: Settings | None = None) -> dict[str, Any]:
     """The Spark detector working through ``loaded``'s transactions topic (available-now).
 
-    The backlog is read in about ``batches`` micro-batches (``maxOffsetsPerTrigger``).
-    The first one also compiles the query's code; the steady figure leaves it out.
+    The topic is loaded before (not timed). An untimed warm-up query first works
+    through ``warmup``'s topic, if given, so the timed query does not pay for code
+    generation. The backlog is read in about ``batches`` micro-batches
+    (``maxOffsetsPerTrigger``); the time counted is Spark's ``triggerExecution`` of
+    every batch: from planning the first offsets to the last output written (the Kafka
+    sink flushes its producer before a batch ends). Query start and stop are reported
+    apart (``wall_s``).
 
     Args:
         loaded: settings whose ``topic_transactions`` holds the messages (fresh output
             topics are used).
         rows: how many messages the topic holds.
-        batches: micro-batches to split the backlog into. Default: 5.
+        batches: micro-batches to split the backlog into. Default: :data:`SPARK_BATCHES`.
         broker_pid: the broker's pid, to count its CPU in ``cpu_s``. Default: None.
+        warmup: settings whose transactions topic holds a few messages. Default: None.
 
     Returns:
-        ``rows`` and ``seconds`` of the steady batches (all but the first, timed by
-        Spark's ``triggerExecution``; every batch when there is only one),
-        ``all_rows``, ``all_s`` (every batch), ``first_s`` and ``first_phases_s`` (the
-        first batch and its largest phases), ``wall_s`` (query start to stop),
-        ``batches``, ``alerts``, ``cpu_s`` (the whole query: Spark's JVM, this process,
-        the broker).
+        ``rows`` and ``seconds`` (every batch, Spark's ``triggerExecution``),
+        ``first_s`` and ``first_phases_s`` (the first batch and its largest phases),
+        ``warmup_s`` (the warm-up query, start to stop), ``wall_s`` (the timed query,
+        start to stop), ``batches``, ``alerts``, ``cpu_s`` (the timed query: Spark's
+        JVM, this process, the broker).
     """
     from bankcourse import spark_mode
 
+    warmup_s = 0.0
+    if warmup is not None:
+        topics = fresh_topics(settings, "spark-warm").replace(
+            topic_transactions=warmup.topic_transactions)
+        name = spark_mode.unique_name("bench_spark_warm")
+        began = time.perf_counter()
+        spark_mode.run_detector(spark, topics, available_now=True, timeout_s=timeout_s,
+                                checkpoint_dir=checkpoint_root / name, query_name=name)
+        warmup_s = time.perf_counter() - began
     topics = fresh_topics(settings, "spark").replace(
         topic_transactions=loaded.topic_transactions)
     name = spark_mode.unique_name("bench_spark")
@@ -1039,15 +1111,13 @@ def spark_stream_throughput(spark: Any, settings: Settings, loaded: Settings, ro
     def seconds(p: dict[str, Any]) -> float:
         return (p.get("duration_ms") or {}).get("triggerExecution", 0) / 1000.0
 
-    steady = done[1:] or done
     first = done[0] if done else {}
     phases = sorted(((k, v / 1000.0) for k, v in (first.get("duration_ms") or {}).items()
                      if k != "triggerExecution"), key=lambda kv: -kv[1])[:3]
-    return {"rows": sum(p["rows"] for p in steady), "seconds": sum(map(seconds, steady)),
-            "all_rows": report.rows, "all_s": sum(map(seconds, done)),
+    return {"rows": report.rows, "seconds": sum(map(seconds, done)),
             "first_s": seconds(first) if first else 0.0, "first_phases_s": dict(phases),
-            "wall_s": report.seconds, "batches": len(done), "alerts": report.alerts,
-            "cpu_s": cpu}
+            "warmup_s": warmup_s, "wall_s": report.seconds, "batches": len(done),
+            "alerts": report.alerts, "cpu_s": cpu}
 
 
 def spark_latency(spark: Any, settings: Settings, source: Path, checkpoint_root: Path, *,
@@ -1055,32 +1125,41 @@ def spark_latency(spark: Any, settings: Settings, source: Path, checkpoint_root:
                   rate_per_s: float = DEFAULT_LATENCY_RATE_PER_S,
                   duration_s: float = DEFAULT_LATENCY_S, warmup_s: float = SPARK_WARMUP_S,
                   start_timeout_s: float = 90.0, drain_timeout_s: float = 60.0,
+                  async_progress: bool = True, max_offsets_per_trigger: int | None = None,
                   ) -> dict[str, float]:
     """Latency of the Spark detector at a steady produce rate.
 
-    The query starts on new, empty topics; once it runs, the producer sends at
-    ``rate_per_s`` for ``duration_s`` seconds; the query is stopped when every
-    message has its processed record (or after ``drain_timeout_s``). The latency of an
-    alert is its Kafka timestamp (set when Spark's producer sent it) minus its
-    transaction's (set when the course's producer sent it); messages of the first
-    ``warmup_s`` seconds (at most a quarter of the run) are left out: the query
-    compiles its code on its first batch.
+    The query starts on new, empty topics; once it runs, :data:`SPARK_LATENCY_WARMUP`
+    warm-up transactions (txn_ids of their own) are sent and processed first: the
+    query compiles its code on its first batch, which is not the steady latency. Then
+    the producer sends at ``rate_per_s`` for ``duration_s`` seconds; the query is
+    stopped when every message has its processed record (or after
+    ``drain_timeout_s``). The latency of an alert is its Kafka timestamp (set when
+    Spark's producer sent it) minus its transaction's (set when the course's producer
+    sent it); the messages of the first ``warmup_s`` seconds of the steady run (at
+    most a quarter of it) are also left out.
 
     Args:
         trigger: ``processing-time`` (micro-batches back to back) or ``real-time``.
+        async_progress: with ``processing-time``, Spark's asynchronous progress tracking
+            (see :func:`bankcourse.spark_mode.start_detector`). Default: True.
+        max_offsets_per_trigger: cap of messages per micro-batch. Default: None.
 
     Returns:
         :func:`bankcourse.kafka_mode.latency_percentiles` plus ``rate_per_s`` and
         ``messages``.
     """
-    from bankcourse import kafka_mode, spark_mode
+    from bankcourse import generator, kafka_mode, spark_mode
 
     topics = fresh_topics(settings, f"spark-latency-{trigger}")
+    warm_ids: set[str] = set()
     count = max(int(rate_per_s * duration_s), 1)
     name = spark_mode.unique_name("bench_latency")
     query, listener = spark_mode.start_detector(
         spark, topics, checkpoint_dir=checkpoint_root / name, trigger=trigger,
-        interval_s=0 if trigger == "processing-time" else None, query_name=name)
+        interval_s=0 if trigger == "processing-time" else None, query_name=name,
+        async_progress=async_progress and trigger == "processing-time",
+        max_offsets_per_trigger=max_offsets_per_trigger)
     try:
         deadline = time.monotonic() + start_timeout_s
         while time.monotonic() < deadline and query.isActive:
@@ -1091,13 +1170,19 @@ def spark_latency(spark: Any, settings: Settings, source: Path, checkpoint_root:
             time.sleep(0.2)
         if not query.isActive:
             raise RuntimeError(f"the Spark query stopped: {query.exception()}")
+        warm = generator.generate_frame(SPARK_LATENCY_WARMUP, seed=5, start_row=90_000_000)
+        warm_ids = set(warm["txn_id"])
+        kafka_mode.produce(topics, warm, progress=False, create_topics=False)
+        while time.monotonic() < deadline and query.isActive and _topic_counts(
+                topics, [topics.topic_processed])[topics.topic_processed] < len(warm):
+            time.sleep(0.2)
         produced = kafka_mode.produce(topics, source, max_messages=count,
                                       rate_per_s=rate_per_s, progress=False,
                                       create_topics=False)
         deadline = time.monotonic() + drain_timeout_s
         while time.monotonic() < deadline and query.isActive:
             done = _topic_counts(topics, [topics.topic_processed])[topics.topic_processed]
-            if done >= produced.messages:
+            if done >= produced.messages + len(warm):
                 break
             time.sleep(0.5)
         if not query.isActive:
@@ -1118,6 +1203,7 @@ def spark_latency(spark: Any, settings: Settings, source: Path, checkpoint_root:
             spark.streams.removeListener(listener)
     sent = {m.json()["txn_id"]: m.timestamp_ms for m in kafka_mode.read_topic(
         topics, topics.topic_transactions, timeout_s=60)}
+    sent = {k: v for k, v in sent.items() if k not in warm_ids}
     first_ms = min(sent.values()) if sent else 0
     warmup_s = min(warmup_s, duration_s / 4)  # a short run keeps most of its messages
     latencies = []
@@ -1181,6 +1267,8 @@ def run_bench(
     seed: int = 42,
     baseline_rows: int = DEFAULT_BASELINE_ROWS,
     stream_rows: int = DEFAULT_STREAM_ROWS,
+    spark_stream_rows: int | None = None,
+    spark_batch_rows: int = 0,
     latency_rate_per_s: float = DEFAULT_LATENCY_RATE_PER_S,
     latency_s: float = DEFAULT_LATENCY_S,
     repeat: int = DEFAULT_REPEAT,
@@ -1201,7 +1289,13 @@ def run_bench(
         rows: rows of the dataset (generator and file stages). Default: 1,000,000.
         seed: the dataset's seed. Default: 42.
         baseline_rows: rows the naive baseline reads. Default: 200,000.
-        stream_rows: rows streamed through Kafka and Spark. Default: 200,000.
+        stream_rows: rows streamed through Kafka. Default: 200,000.
+        spark_stream_rows: messages the Spark stream throughput works through (at most
+            ``rows``). Default: None, ``stream_rows`` (the command line's default is
+            :data:`SPARK_STREAM_ROWS`).
+        spark_batch_rows: rows of a second, larger parquet dataset Spark batch is timed
+            on (generated on first use); 0 for none. Default: 0 (the command line's
+            default is :data:`SPARK_BATCH_ROWS`).
         latency_rate_per_s: steady rate of the latency runs. Default: 2,000.
         latency_s: how long the latency runs produce. Default: 10.
         repeat: runs of baseline, generator and file. Default: 3.
@@ -1242,6 +1336,8 @@ def run_bench(
         options={"stages": [s for s in STAGES if s in stages or s == "baseline"],
                  "rows": rows, "seed": seed,
                  "baseline_rows": min(baseline_rows, rows), "stream_rows": stream_rows,
+                 "spark_stream_rows": min(spark_stream_rows or stream_rows, rows),
+                 "spark_batch_rows": spark_batch_rows,
                  "latency_rate_per_s": latency_rate_per_s, "latency_s": latency_s,
                  "repeat": repeat, "stream_repeat": stream_repeat, "statistic": statistic,
                  "partitions": settings.partitions},
@@ -1316,7 +1412,9 @@ def run_bench(
                     loaded = holder["topics"]
         if "spark" in stages:
             _run_spark_stages(results, measured, settings, paths, scratch, broker_ok,
-                              broker_why, loaded, broker_pid, stream_rows=stream_rows,
+                              broker_why, loaded, broker_pid,
+                              stream_rows=min(spark_stream_rows or stream_rows, rows),
+                              batch_rows=spark_batch_rows, seed=seed,
                               latency_rate_per_s=latency_rate_per_s, latency_s=latency_s,
                               repeat=repeat, stream_repeat=stream_repeat, statistic=statistic,
                               real_time=real_time, say=say)
@@ -1344,9 +1442,12 @@ def _run_spark_stages(results: BenchResults, measured: Callable[..., StageResult
                       broker_pid: int | None, *,
                       stream_rows: int, latency_rate_per_s: float, latency_s: float,
                       repeat: int, stream_repeat: int, statistic: str, real_time: bool,
-                      say: Callable[[str], Any]) -> None:
-    """The Spark lines: batch, Kafka-to-Kafka micro-batch, real-time mode."""
-    from bankcourse import kafka_mode, spark_mode, spark_session
+                      say: Callable[[str], Any], batch_rows: int = 0, seed: int = 42,
+                      ) -> None:
+    """The Spark lines: batch (the dataset, and ``batch_rows`` rows if given),
+    Kafka-to-Kafka micro-batch throughput on ``stream_rows`` pre-loaded messages and
+    latency, real-time mode's latency."""
+    from bankcourse import dataio, spark_mode, spark_session
 
     names = ["spark batch (parquet)", "spark kafka->kafka micro-batch"]
     if real_time:
@@ -1364,6 +1465,7 @@ def _run_spark_stages(results: BenchResults, measured: Callable[..., StageResult
 
     # A session already running (a notebook's) is used and left running.
     ours = SparkSession.getActiveSession() is None
+    began = time.perf_counter()
     try:
         spark = spark_mode.get_session(settings, app_name="bankcourse-bench")
     except Exception as exc:
@@ -1372,11 +1474,21 @@ def _run_spark_stages(results: BenchResults, measured: Callable[..., StageResult
                                            keys.get(name, "")))
         say(f"skipping the Spark stages: {exc}")
         return
+    session_s = time.perf_counter() - began
     checkpoints = scratch / "checkpoints"
     try:
-        measured(names[0], "spark", "", lambda: measure_spark_batch(
+        batch = measured(names[0], "spark", "", lambda: measure_spark_batch(
             spark, paths["parquet"], settings, scratch, repeat=stream_repeat,
             statistic=statistic, warmup_path=paths["warmup"]))
+        batch.notes += (f"; session start (not counted) {session_s:.1f} s"
+                        if ours else "; the session was already running")
+        if batch_rows and not batch.skipped and batch_rows > batch.rows:
+            say(f"spark: the {batch_rows:,}-row parquet dataset (generated on first use)")
+            big = dataio.ensure_dataset(settings, rows=batch_rows, seed=seed, fmt="parquet")
+            measured(f"spark batch (parquet, {batch_rows:,} rows)", "spark", "",
+                     lambda: measure_spark_batch(spark, big, settings, scratch,
+                                                 repeat=stream_repeat, statistic=statistic,
+                                                 label=f"{batch_rows:,} rows"))
         if not broker_ok:
             for name in names[1:]:
                 results.stages.append(_skipped(name, "spark", broker_why, keys[name]))
@@ -1384,30 +1496,35 @@ def _run_spark_stages(results: BenchResults, measured: Callable[..., StageResult
 
         def micro_batch() -> StageResult:
             source = loaded
-            if source is None:
+            if source is None or _topic_counts(settings, [source.topic_transactions]).get(
+                    source.topic_transactions, 0) != stream_rows:
                 source = fresh_topics(settings, "spark-input")
-                kafka_mode.produce(source, paths["parquet"], max_messages=stream_rows,
-                                   progress=False, create_topics=False)
+                load_s = spark_load_topic(spark, source, paths["parquet"], stream_rows)
+                say(f"spark: {stream_rows:,} messages loaded in {load_s:.1f} s (not timed)")
+            warm = fresh_topics(settings, "spark-warm-input")
+            spark_load_topic(spark, warm, paths["warmup"], SPARK_WARMUP_ROWS)
             runs: list[Run] = []
             for _ in range(stream_repeat):
                 f = spark_stream_throughput(spark, settings, source, stream_rows, checkpoints,
-                                            broker_pid=broker_pid)
+                                            broker_pid=broker_pid, warmup=warm)
                 phases = ", ".join(f"{k} {v:.1f} s" for k, v in f["first_phases_s"].items())
                 runs.append((f["rows"], f["seconds"], {
-                    "cpu_s": f["cpu_s"], "cpu_rows": f["all_rows"],
-                    "notes": f"{f['all_rows']:,} messages in {f['batches']} micro-batches; "
-                             f"txn/s over the batches after the first (Spark's "
-                             f"triggerExecution); the first took {f['first_s']:.1f} s "
-                             f"({phases}); all batches {_rate(f['all_rows'], f['all_s'])}/s, "
-                             f"query start to stop {_rate(f['all_rows'], f['wall_s'])}/s; "
-                             f"{f['alerts']:,} alerts"}))
+                    "cpu_s": f["cpu_s"],
+                    "notes": f"{f['rows']:,} messages pre-loaded, in {f['batches']} "
+                             f"micro-batches after an untimed warm-up query "
+                             f"({f['warmup_s']:.1f} s); txn/s over Spark's triggerExecution "
+                             f"of every batch (first offset to last output written); the "
+                             f"first took {f['first_s']:.1f} s ({phases}); query start to "
+                             f"stop {_rate(f['rows'], f['wall_s'])}/s; session start "
+                             f"{session_s:.1f} s (not counted); {f['alerts']:,} alerts"}))
             result = _result(names[1], "spark", runs, statistic, "spark-stream")
             lat = spark_latency(spark, settings, paths["parquet"], checkpoints,
                                 rate_per_s=latency_rate_per_s, duration_s=latency_s)
             result.p50_ms, result.p99_ms = lat["p50_ms"], lat["p99_ms"]
             result.latency_rate_per_s = round(lat["rate_per_s"], 1)
-            result.notes += (f"; latency (processing-time trigger, back to back) over "
-                             f"{lat['count']:.0f} alerts, max {lat['max_ms']:.0f} ms")
+            result.notes += (f"; latency (processing-time trigger, back to back, async "
+                             f"progress tracking) over {lat['count']:.0f} alerts, max "
+                             f"{lat['max_ms']:.0f} ms")
             return result
 
         measured(names[1], "spark", "spark-stream", micro_batch)
@@ -1429,8 +1546,8 @@ def _run_spark_stages(results: BenchResults, measured: Callable[..., StageResult
             if result.skipped:
                 result.skipped = f"real-time mode not available here: {result.skipped}"
     finally:
-        if ours:
-            spark.stop()
+        if ours:  # the bench started it: free the JVM's memory too (a notebook goes on)
+            spark_session.stop_session(spark)
 
 
 # --- reporting -----------------------------------------------------------------------------
@@ -1682,6 +1799,7 @@ def _cli_bench(args: argparse.Namespace) -> int:
     results = run_bench(
         settings, stages=args.stages, rows=args.rows, seed=args.seed,
         baseline_rows=args.baseline_rows, stream_rows=args.stream_rows,
+        spark_stream_rows=args.spark_stream_rows, spark_batch_rows=args.spark_batch_rows,
         latency_rate_per_s=args.latency_rate, latency_s=args.latency_s, repeat=args.repeat,
         stream_repeat=args.stream_repeat, statistic=args.statistic,
         real_time=not args.no_real_time, start_broker=not args.no_broker_start,
@@ -1717,6 +1835,12 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--stream-rows", type=_positive_int, default=DEFAULT_STREAM_ROWS,
                    help=f"rows streamed through Kafka and Spark (default: "
                         f"{DEFAULT_STREAM_ROWS})")
+    p.add_argument("--spark-stream-rows", type=_positive_int, default=SPARK_STREAM_ROWS,
+                   help=f"messages the Spark stream throughput works through, pre-loaded "
+                        f"(default: {SPARK_STREAM_ROWS}, at most --rows)")
+    p.add_argument("--spark-batch-rows", type=int, default=SPARK_BATCH_ROWS,
+                   help=f"rows of a larger parquet dataset Spark batch is also timed on "
+                        f"(default: {SPARK_BATCH_ROWS}; 0: none)")
     p.add_argument("--latency-rate", type=_positive_float, default=DEFAULT_LATENCY_RATE_PER_S,
                    help=f"steady txn/s of the latency runs (default: "
                         f"{DEFAULT_LATENCY_RATE_PER_S:g})")

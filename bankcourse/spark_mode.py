@@ -18,6 +18,12 @@ The streaming detector (:func:`start_detector`, bounded by :func:`run_detector`)
 Spark's Kafka sink is at-least-once: after a crash the last micro-batch is replayed
 from the checkpoint, so an alert may be written twice but is never lost.
 
+Most of a small micro-batch's time is fixed: planning the query again, writing the
+offset and commit logs, launching tasks. ``async_progress=True`` (Spark's
+asynchronous progress tracking, micro-batch triggers with the Kafka sink) takes the
+two checkpoint writes off that path; the rules are looked up from a small table of
+rule combinations (:func:`rule_bits`) rather than filtered per row.
+
 With ``trigger="real-time"`` the same query runs in Spark's real-time mode (Spark
 4.1+, ``trigger(realTime=...)``, update output mode): records flow through long-running
 tasks instead of waiting for the next micro-batch; the duration given is only how often
@@ -36,7 +42,7 @@ Usage::
 
     spark = get_session(settings)
     report = run_detector(spark, settings, available_now=True, on_batch=print)
-    alerts = batch_alerts(spark, "data/paysim-200000-seed42.parquet", settings)
+    alerts = batch_alerts(spark, dataio.ensure_dataset(settings, fmt="parquet"), settings)
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ from bankcourse.spark_session import (
     driver_rss_mb,
     get_session,
     prefetch,
+    stop_session,
 )
 
 if TYPE_CHECKING:
@@ -73,6 +80,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SparkSetupError", "connector_package", "driver_rss_mb", "get_session", "prefetch",
+    "stop_session",
     "kafka_options", "read_transactions", "parse_messages", "check_columns", "detect",
     "kafka_output", "alert_columns", "alert_window_counts", "start_detector",
     "start_alert_query",
@@ -93,6 +101,9 @@ DEFAULT_WINDOW_S = 60
 
 DEFAULT_WATERMARK_S = 600
 """How late (event time) an event may be and still be counted, in seconds."""
+
+DEFAULT_ASYNC_CHECKPOINT_MS = 1000
+"""How often asynchronous progress tracking writes the offset and commit logs (ms)."""
 
 DEFAULT_REAL_TIME_CHECKPOINT_S = 5
 """Real-time mode's batch duration: how often it checkpoints (not its latency)."""
@@ -383,20 +394,63 @@ def parse_messages(messages: DataFrame) -> DataFrame:
         F.when(~F.col("_ok"), reason).alias(schema.REASON_COLUMN))
 
 
-def detect(checked: DataFrame, thresholds: Any = None) -> DataFrame:
+RULE_BITS = "_rule_bits"
+"""A hidden column of :func:`detect` with ``keep_bits``: bit ``i`` set when rule ``i``
+(in ``rules.RULE_NAMES`` order) fired."""
+
+
+def rule_bits(thresholds: Any = None) -> Column:
+    """An integer Column: bit ``i`` is set when ``rules.RULE_NAMES[i]`` fires on the row.
+
+    The conditions are ``rules.spark_flags`` (defined once in :mod:`bankcourse.rules`);
+    a null condition (a missing balance) counts as not fired, as in
+    ``rules.spark_rules_fired``.
+    """
+    from pyspark.sql import functions as F
+
+    flags = rules.spark_flags(thresholds)
+    bits = F.lit(0)
+    for i, name in enumerate(rules.RULE_NAMES):
+        bits = bits.bitwiseOR(F.when(flags[name], F.lit(1 << i)).otherwise(F.lit(0)))
+    return bits
+
+
+def _by_bits(bits: Column) -> tuple[Column, Column]:
+    """The fired rule names and the severity for a :func:`rule_bits` Column.
+
+    Every combination of rules is listed once, as literals computed from
+    :mod:`bankcourse.rules` (``rules.severity_of``), and looked up by index: the same
+    result as ``rules.spark_rules_fired`` / ``rules.spark_severity``, without the
+    per-row array filter (a higher-order function, which Spark does not compile).
+    """
+    from pyspark.sql import functions as F
+
+    names = list(rules.RULE_NAMES)
+    combos = [[n for i, n in enumerate(names) if code >> i & 1]
+              for code in range(1 << len(names))]
+    fired = F.array(*[F.array(*[_lit(n) for n in combo]).cast("array<string>")
+                      for combo in combos])
+    severity = F.array(*[_lit(rules.severity_of(combo)).cast("string") for combo in combos])
+    index = bits + 1
+    return F.element_at(fired, index), F.element_at(severity, index)
+
+
+def detect(checked: DataFrame, thresholds: Any = None, *, keep_bits: bool = False) -> DataFrame:
     """Add ``rules`` (fired rule names, empty for invalid rows) and ``severity``.
 
     Args:
         checked: output of :func:`parse_messages` or :func:`check_frame`.
         thresholds: the rule thresholds. Default: ``Thresholds()``.
+        keep_bits: also keep :data:`RULE_BITS` (cheap per-rule counts). Default: False.
     """
     from pyspark.sql import functions as F
 
     valid = F.col(schema.REASON_COLUMN).isNull()
-    fired = F.when(valid, rules.spark_rules_fired(thresholds)) \
-        .otherwise(F.array().cast("array<string>"))
-    return checked.withColumn("rules", fired) \
-        .withColumn("severity", rules.spark_severity(F.col("rules")))
+    detected = checked.withColumn(RULE_BITS, F.when(valid, rule_bits(thresholds))
+                                  .otherwise(F.lit(0)))
+    fired, severity = _by_bits(F.col(RULE_BITS))
+    detected = detected.withColumn("rules", fired).withColumn("severity", severity)
+    return detected if keep_bits else detected.drop(RULE_BITS)
 
 
 def _event_time_text() -> Column:
@@ -411,13 +465,6 @@ def alert_columns() -> list[Column]:
 
     source = {"account": F.col("nameOrig"), "event_time": _event_time_text()}
     return [source.get(name, F.col(name)).alias(name) for name in rules.ALERT_FIELDS]
-
-
-def _processed_columns() -> list[Column]:
-    from pyspark.sql import functions as F
-
-    return [(_event_time_text() if n == "event_time" else F.col(n)).alias(n)
-            for n in (*schema.NAMES, "rules", "severity")]
 
 
 def _to_json(columns: list[Column]) -> Column:
@@ -444,44 +491,67 @@ def kafka_output(detected: DataFrame, settings: Settings) -> DataFrame:
     """Rows for the Kafka sink (topic, key, value): processed, alerts, dead letters.
 
     Each input message gives a processed record and, if a rule fired, an alert; or,
-    if invalid, one dead letter. ``detected`` must keep ``raw_value`` (the bytes).
+    if invalid, one dead letter: one row per output, each with its own ``topic``, so
+    ONE query writes all three topics in one pass over the input. ``detected`` must
+    keep ``raw_value`` (the bytes).
     """
     from pyspark.sql import functions as F
 
     valid = F.col(schema.REASON_COLUMN).isNull()
+    # event_time as text once, for both the processed record and the alert.
+    detected = detected.withColumn("_event_time_text", _event_time_text())
+    text = {"event_time": F.col("_event_time_text")}
+    processed = [text.get(n, F.col(n)).alias(n) for n in (*schema.NAMES, "rules", "severity")]
+    alert = {"account": F.col("nameOrig"), **text}
+    alert_cols = [alert.get(n, F.col(n)).alias(n) for n in rules.ALERT_FIELDS]
     account = F.col("nameOrig").cast("binary")
     outputs = F.array(
         F.when(valid, F.struct(_lit(settings.topic_processed).alias("topic"),
                                F.col("key").alias("key"),
-                               _to_json(_processed_columns()).alias("value"))),
+                               _to_json(processed).alias("value"))),
         F.when(valid & (F.size("rules") > 0),
                F.struct(_lit(settings.topic_alerts).alias("topic"), account.alias("key"),
-                        _to_json(alert_columns()).alias("value"))),
+                        _to_json(alert_cols).alias("value"))),
         F.when(~valid, F.struct(_lit(settings.topic_dead_letter).alias("topic"),
                                 F.col("key").alias("key"),
                                 _dead_letter_value().alias("value"))),
     )
-    return detected.select(F.explode(F.filter(outputs, lambda o: o.isNotNull())).alias("o")) \
+    # explode then drop the nulls: a filter() lambda would not be compiled by Spark.
+    return detected.select(F.explode(outputs).alias("o")).where(F.col("o").isNotNull()) \
         .select("o.topic", "o.key", "o.value")
 
 
 def _observed_counts(detected: DataFrame) -> DataFrame:
-    """Attach the per-batch counts the metrics listener reads (Spark's ``observe``)."""
+    """Attach the per-batch counts the metrics listener reads (Spark's ``observe``).
+
+    ``detected`` must come from :func:`detect` with ``keep_bits=True``.
+    """
     from pyspark.sql import functions as F
 
     valid = F.col(schema.REASON_COLUMN).isNull()
-    alert = F.size("rules") > 0
+    bits = F.col(RULE_BITS)
+    alert = bits != 0
     metrics = [
         F.count_if(valid).alias("valid"),
         F.count_if(~valid).alias("dead_letters"),
         F.count_if(alert).alias("alerts"),
         F.count_if(valid & (F.col("isFraud") == 1)).alias("fraud"),
         *[F.count_if(valid & (F.col("type") == t)).alias(f"type:{t}") for t in schema.TXN_TYPES],
-        *[F.count_if(F.array_contains("rules", n)).alias(f"rule:{n}") for n in rules.RULE_NAMES],
-        F.max_by(F.when(alert, _to_json(alert_columns())),
+        *[F.count_if(bits.bitwiseAND(F.lit(1 << i)) != 0).alias(f"rule:{n}")
+          for i, n in enumerate(rules.RULE_NAMES)],
+        # The alerts as structs (made into dicts by the listener): no JSON per row.
+        F.max_by(F.when(alert, F.struct(*alert_columns())),
                  F.when(alert, F.col("offset")), LATEST_ALERTS).alias("latest_alerts"),
     ]
     return detected.observe(OBSERVATION, *metrics)
+
+
+def _alert_dict(alert: Any) -> dict[str, Any]:
+    """One of ``latest_alerts`` (a Row, or JSON text) as a plain dict."""
+    if isinstance(alert, str | bytes):
+        return json.loads(alert)
+    value = alert.asDict(recursive=True) if hasattr(alert, "asDict") else dict(alert)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()}
 
 
 # --- metrics from Spark's listener ----------------------------------------------------
@@ -560,7 +630,8 @@ def _listener_class() -> type:
                 self.totals["rows"] += rows
                 for key in ("valid", "dead_letters", "alerts"):
                     self.totals[key] += int(counts.get(key) or 0)
-                latest = [json.loads(a) for a in (counts.get("latest_alerts") or [])]
+                latest = [_alert_dict(a) for a in (counts.get("latest_alerts") or [])
+                          if a is not None]
                 lag = _offsets_lag(p.sources[0]) if p.sources else None
                 self.meter.record(
                     rows, seconds,
@@ -593,6 +664,18 @@ def default_checkpoint_dir(settings: Settings, name: str) -> Path:
     return Path(settings.cache_dir) / "spark" / "checkpoints" / name
 
 
+def sink_producer_options(trigger: str = "available-now") -> dict[str, str]:
+    """Producer options of the detector's Kafka sink.
+
+    Spark flushes the producer at the end of every micro-batch task, so in micro-batch
+    triggers a long linger only fills batches (fewer, larger requests to the broker);
+    in real-time mode records are sent as they come and the linger is latency.
+    Compression stays off: the broker is on the loopback here and compressing costs CPU.
+    """
+    return {"kafka.linger.ms": "2" if trigger == "real-time" else "20",
+            "kafka.batch.size": str(512 * 1024), "kafka.compression.type": "none"}
+
+
 def _trigger(writer: Any, trigger: str, interval_s: float | None) -> Any:
     if trigger == "available-now":
         return writer.trigger(availableNow=True)
@@ -617,6 +700,8 @@ def start_detector(
     query_name: str = DETECTOR_NAME,
     meter: ThroughputMeter | None = None,
     on_batch: Callable[[BatchMetrics], Any] | None = None,
+    async_progress: bool = False,
+    async_checkpoint_interval_ms: int = DEFAULT_ASYNC_CHECKPOINT_MS,
 ) -> tuple[StreamingQuery, Any]:
     """Start the Kafka-to-Kafka detector query. The caller must stop it (``finally``).
 
@@ -637,6 +722,13 @@ def start_detector(
         meter: the meter that metrics are recorded into. Default: a new
             ``ThroughputMeter("spark")``.
         on_batch: called with a :class:`BatchMetrics` after each micro-batch.
+        async_progress: with ``processing-time``, write the offset and commit logs in
+            the background (Spark's asynchronous progress tracking, Kafka sink only):
+            a micro-batch no longer waits for two checkpoint files, which is most of
+            its fixed cost; after a crash up to ``async_checkpoint_interval_ms`` of
+            input is processed again (still at least once). Default: False.
+        async_checkpoint_interval_ms: how often progress is checkpointed then.
+            Default: :data:`DEFAULT_ASYNC_CHECKPOINT_MS`.
 
     Returns:
         ``(query, listener)``; ``listener.meter`` has the running figures. Remove the
@@ -648,7 +740,8 @@ def start_detector(
         settings, query_name)
     messages = read_transactions(spark, settings, starting_offsets=starting_offsets,
                                  max_offsets_per_trigger=max_offsets_per_trigger)
-    detected = detect(parse_messages(messages), settings.thresholds)
+    detected = detect(parse_messages(messages), settings.thresholds,
+                      keep_bits=trigger != "real-time")
     if trigger != "real-time":
         detected = _observed_counts(detected)
     out = kafka_output(detected, settings)
@@ -659,9 +752,16 @@ def start_detector(
     spark.streams.addListener(listener)
     writer = out.writeStream.format("kafka").options(**kafka_options(settings)) \
         .option("checkpointLocation", str(checkpoint)).queryName(query_name) \
-        .option("kafka.linger.ms", "5").option("kafka.batch.size", str(256 * 1024))
+        .options(**sink_producer_options(trigger))
     if trigger == "real-time":
         writer = writer.outputMode("update")
+    if async_progress:
+        if trigger != "processing-time":
+            raise ValueError("async_progress needs trigger='processing-time' (Spark refuses "
+                             f"it with {trigger})")
+        writer = writer.option("asyncProgressTrackingEnabled", "true") \
+            .option("asyncProgressTrackingCheckpointIntervalMs",
+                    str(int(async_checkpoint_interval_ms)))
     writer = _trigger(writer, trigger, interval_s)
     meter.start()
     try:
@@ -970,9 +1070,16 @@ def batch_alerts(spark: SparkSession, path: str | Path, settings: Settings) -> D
         .select(*alert_columns())
 
 
+BATCH_FORMATS = ("json", "parquet")
+"""Formats :func:`run_batch` writes alerts in: JSON lines (readable) or parquet (cheaper)."""
+
+
 def run_batch(spark: SparkSession, path: str | Path, settings: Settings,
-              out_dir: str | Path | None = None) -> dict[str, Any]:
-    """Batch mode: detect on a dataset file and write the alerts (JSON lines, Spark parts).
+              out_dir: str | Path | None = None, *, fmt: str = "json") -> dict[str, Any]:
+    """Batch mode: detect on a dataset file and write the alerts (Spark part files).
+
+    Columnar from end to end: ``spark.read``, the checks and the rules as Column
+    expressions, the counts gathered by ``observe`` in the same pass as the write.
 
     Args:
         spark: the session.
@@ -980,6 +1087,7 @@ def run_batch(spark: SparkSession, path: str | Path, settings: Settings,
         settings: thresholds; ``data_dir`` for the default output.
         out_dir: where ``alerts/`` and ``quarantine/`` are written (replaced).
             Default: ``settings.data_dir / "spark_batch"``.
+        fmt: ``json`` (JSON lines) or ``parquet``. Default: json.
 
     Returns:
         Counts (rows, valid, quarantined, alerts, by_rule), seconds and rows_per_s.
@@ -987,21 +1095,26 @@ def run_batch(spark: SparkSession, path: str | Path, settings: Settings,
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
+    if fmt not in BATCH_FORMATS:
+        raise ValueError(f"fmt must be one of {', '.join(BATCH_FORMATS)}, got {fmt!r}")
     out = Path(out_dir) if out_dir is not None else Path(settings.data_dir) / "spark_batch"
     began = time.perf_counter()
-    detected = batch_detect(spark, path, settings)
+    detected = detect(read_dataset(spark, path), settings.thresholds, keep_bits=True)
     valid = F.col(schema.REASON_COLUMN).isNull()
+    bits = F.col(RULE_BITS)
     observation = Observation("bankcourse_batch_counts")
     observed = detected.observe(
         observation, F.count(F.lit(1)).alias("rows"), F.count_if(valid).alias("valid"),
-        F.count_if(F.size("rules") > 0).alias("alerts"),
-        *[F.count_if(F.array_contains("rules", n)).alias(n) for n in rules.RULE_NAMES])
-    observed.where(valid & (F.size("rules") > 0)).select(*alert_columns()) \
-        .write.mode("overwrite").json(str(out / "alerts"))
+        F.count_if(bits != 0).alias("alerts"),
+        *[F.count_if(bits.bitwiseAND(F.lit(1 << i)) != 0).alias(n)
+          for i, n in enumerate(rules.RULE_NAMES)])
+    observed.where(bits != 0).select(*alert_columns()) \
+        .write.mode("overwrite").format(fmt).save(str(out / "alerts"))
     counts = observation.get
     quarantined = int(counts["rows"]) - int(counts["valid"])
     if quarantined:
-        detected.where(~valid).write.mode("overwrite").json(str(out / "quarantine"))
+        detected.where(~valid).drop(RULE_BITS).write.mode("overwrite").format(fmt) \
+            .save(str(out / "quarantine"))
     seconds = time.perf_counter() - began
     report = {
         "source": str(path), "out_dir": str(out), "rows": int(counts["rows"]),
@@ -1053,6 +1166,8 @@ def _cli_stream(args: argparse.Namespace) -> int:
             trigger="real-time" if args.real_time else "processing-time",
             starting_offsets=args.starting_offsets,
             max_offsets_per_trigger=args.max_offsets_per_trigger,
+            async_progress=args.async_progress and not args.available_now
+            and not args.real_time,
             on_batch=(lambda m: print(m.log_line(), flush=True)) if args.print_batches
             else None,
         )
@@ -1109,6 +1224,9 @@ def register_cli(subparsers: Any) -> None:
                    help="where a new checkpoint starts (default earliest)")
     p.add_argument("--max-offsets-per-trigger", type=int, default=None,
                    help="cap of messages per micro-batch (default: no cap)")
+    p.add_argument("--async-progress", action="store_true",
+                   help="with --duration-s (micro-batches): checkpoint progress in the "
+                        "background (lower latency; Spark's asynchronous progress tracking)")
     p.add_argument("--print-batches", action="store_true", help="print one line per batch")
     p.set_defaults(func=_cli_stream)
 

@@ -20,14 +20,19 @@ The session is sized for a 2 GB Binder shared with the broker and the kernel:
 two shuffle partitions, the web UI off, logs at WARN, UTC session time zone.
 ``settings.spark_master`` or ``settings.spark_remote`` (Spark Connect, ``sc://``)
 point it at a cluster instead, with no code change.
+
+:func:`stop_session` stops the session and also ends its local JVM, which
+``spark.stop()`` leaves running (and holding its memory) until the kernel exits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shlex
+import subprocess
 import sys
 import time
 import warnings
@@ -399,3 +404,57 @@ def describe(settings: Any = None) -> dict[str, Any]:
     except SparkSetupError as exc:
         info.update(java=None, java_error=str(exc))
     return info
+
+
+def stop_session(spark: SparkSession | None = None, *, timeout_s: float = 15.0) -> bool:
+    """Stop the session AND the local JVM it ran in, so its memory is given back.
+
+    ``spark.stop()`` stops the SparkContext but leaves the driver JVM (about 650 MB on
+    a 2 GB Binder) alive until the kernel exits. This also closes the py4j gateway and
+    ends the JVM process (it exits when its standard input closes; terminated if not
+    gone after ``timeout_s``). A later :func:`get_session` starts a new JVM.
+
+    Args:
+        spark: the session. Default: the active one (none: only the JVM is ended).
+        timeout_s: how long to wait for the JVM to exit. Default: 15.
+
+    Returns:
+        True when a local JVM process was ended; False with Spark Connect or when no
+        JVM was running.
+    """
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    spark = spark if spark is not None else SparkSession.getActiveSession()
+    if spark is not None:
+        spark.stop()
+    gateway = SparkContext._gateway
+    if gateway is None:
+        return False
+    proc = getattr(gateway, "proc", None)
+    try:
+        gateway.shutdown()
+    except Exception:  # the JVM may already be gone
+        log.debug("py4j gateway shutdown failed", exc_info=True)
+    SparkContext._gateway = None
+    SparkContext._jvm = None
+    if proc is None:
+        return False
+    began = time.perf_counter()
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        log.warning("the Spark JVM (pid %d) did not exit in %.0f s; terminating it",
+                    proc.pid, timeout_s)
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout_s)
+    log.info("spark session stopped and its JVM (pid %d) ended in %.1f s", proc.pid,
+             time.perf_counter() - began)
+    return True

@@ -5,6 +5,7 @@ No test here asserts a speed: the figures are measured by ``python -m bankcourse
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -129,8 +130,19 @@ def test_memory_sampler_counts_child_processes_as_python() -> None:
         child.kill()
         child.wait(timeout=10)
     assert peak["python"] >= own_mb + 190
-    assert peak["broker"] == 0 and peak["spark"] == 0
+    assert peak["broker"] == 0
+    # A Spark JVM that this test session started earlier is a child too, and is Spark's.
+    if not _java_children():
+        assert peak["spark"] == 0
     assert peak["total"] == pytest.approx(peak["python"], abs=0.2)
+
+
+def _java_children() -> list[str]:
+    names = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            names.append(child.name())
+    return [n for n in names if "java" in n]
 
 
 @pytest.fixture

@@ -86,6 +86,21 @@ def spark_results(spark: Any, records: list[dict[str, Any]],
     return [(list(r["rules"]), r["severity"]) for r in result.collect()]
 
 
+def detector_results(spark: Any, records: list[dict[str, Any]],
+                     thresholds: Thresholds) -> list[tuple[list[str], str | None]]:
+    """Fired rules and severity per record, as the Spark detector computes them
+    (``spark_mode.detect``: rule bits looked up in a table built from ``rules``)."""
+    from pyspark.sql import functions as F
+
+    from bankcourse import spark_mode
+
+    rows = [tuple(r[n] for n in schema.NAMES) for r in records]
+    frame = spark.createDataFrame(rows, schema=schema.spark_ddl()) \
+        .withColumn(schema.REASON_COLUMN, F.lit(None).cast("string"))
+    result = spark_mode.detect(frame, thresholds).orderBy("txn_id")
+    return [(list(r["rules"]), r["severity"]) for r in result.collect()]
+
+
 @hypothesis_settings(max_examples=30, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow])
 @given(batches())
@@ -105,6 +120,34 @@ def test_spark_rules_agree_with_pandas_and_record_rules_on_edge_cases(
         assert spark_fired == by_record[i], (record, thresholds)
         assert by_frame[i] == by_record[i], (record, thresholds)
         assert spark_severity == rules.severity_of(by_record[i]), record
+
+
+@hypothesis_settings(max_examples=20, deadline=None,
+                     suppress_health_check=[HealthCheck.too_slow])
+@given(batches())
+def test_the_detector_s_rule_lookup_agrees_with_record_rules_on_edge_cases(
+        spark: Any, batch: tuple[Thresholds, list[dict[str, Any]]]) -> None:
+    thresholds, partials = batch
+    records = [full_record(i, p) for i, p in enumerate(partials)]
+
+    by_record = [rules.evaluate_record(r, thresholds) for r in records]
+    by_detector = detector_results(spark, records, thresholds)
+
+    assert by_detector == [(fired, rules.severity_of(fired)) for fired in by_record]
+
+
+def test_an_invalid_row_fires_no_rule_in_the_detector(spark: Any) -> None:
+    from pyspark.sql import functions as F
+
+    from bankcourse import spark_mode
+
+    record = full_record(0, {"type": "TRANSFER", "amount": 10.0, "newbalanceOrig": 0.0,
+                             "oldbalanceOrg": 10.0, "isFraud": 1})
+    frame = spark.createDataFrame([tuple(record[n] for n in schema.NAMES)],
+                                  schema=schema.spark_ddl()) \
+        .withColumn(schema.REASON_COLUMN, F.lit("amount: negative"))
+    row = spark_mode.detect(frame).collect()[0]
+    assert list(row["rules"]) == [] and row["severity"] is None
 
 
 def test_an_amount_exactly_at_high_amount_does_not_fire_but_one_cent_above_does(

@@ -415,3 +415,37 @@ def test_batch_mode_quarantines_bad_csv_rows_with_file_mode_s_reasons(
     assert {r.txn_id: r.reason for r in detected} == \
         dict(zip(quarantined["txn_id"], quarantined[schema.REASON_COLUMN], strict=True))
     assert len(detected) == 3
+
+
+# --- freeing the JVM ------------------------------------------------------------------
+
+_STOP_SCRIPT = """
+import json, sys
+import psutil
+from bankcourse import spark_session
+spark = spark_session.get_session(app_name="stop-test")
+first = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
+ended = spark_session.stop_session(spark)
+gone = not psutil.pid_exists(first) or psutil.Process(first).status() == "zombie"
+again = spark_session.get_session(app_name="stop-test-again")
+second = int(again.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
+rows = again.range(3).count()
+ended_again = spark_session.stop_session()
+print(json.dumps({"first": first, "ended": ended, "gone": gone, "second": second,
+                  "rows": rows, "ended_again": ended_again}))
+"""
+
+
+def test_stop_session_ends_the_jvm_and_a_new_session_can_start(settings: Settings) -> None:
+    # In a child process: the JVM of this test session must stay up for other tests.
+    done = subprocess.run([sys.executable, "-c", _STOP_SCRIPT], capture_output=True,
+                          text=True, timeout=300, cwd=REPO, env=_env(settings))
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["ended"] and result["gone"]
+    assert result["second"] != result["first"] and result["rows"] == 3
+    assert result["ended_again"]
+    import psutil
+
+    assert not psutil.pid_exists(result["second"]) or \
+        psutil.Process(result["second"]).status() == "zombie"
