@@ -180,6 +180,7 @@ TARGETS: dict[str, Target] = {
     "generator": Target(min_rows_per_s=2_000_000),
     "file": Target(min_rows_per_s=1_000_000),
     "kafka": Target(min_rows_per_s=50_000, max_p99_ms=50),
+    "spark-batch": Target(min_rows_per_s=1_000_000),
     "spark-stream": Target(min_rows_per_s=330_000, max_p99_ms=1_000),
     "spark-real-time": Target(max_p99_ms=1_000),
     "memory": Target(max_rss_mb=2_048),
@@ -727,22 +728,7 @@ def measure_file_mode(path: Path, settings: Settings, out_dir: Path, *,
 
 def _kafka_env(settings: Settings) -> dict[str, str]:
     """Environment for a child process that must use exactly ``settings``'s broker/topics."""
-    env = dict(os.environ)
-    env.update({
-        "BANKCOURSE_KAFKA_PORT": str(settings.kafka_port),
-        "BANKCOURSE_KAFKA_CONTROLLER_PORT": str(settings.kafka_controller_port),
-        "BANKCOURSE_CACHE_DIR": str(settings.cache_dir),
-        "BANKCOURSE_TOPIC_TRANSACTIONS": settings.topic_transactions,
-        "BANKCOURSE_TOPIC_ALERTS": settings.topic_alerts,
-        "BANKCOURSE_TOPIC_PROCESSED": settings.topic_processed,
-        "BANKCOURSE_TOPIC_DEAD_LETTER": settings.topic_dead_letter,
-        "BANKCOURSE_PARTITIONS": str(settings.partitions),
-    })
-    for name, value in asdict(settings.thresholds).items():
-        env[f"BANKCOURSE_{name.upper()}"] = repr(value)
-    if settings.kafka_bootstrap_servers:
-        env["KAFKA_BOOTSTRAP_SERVERS"] = settings.kafka_bootstrap_servers
-    return env
+    return {**os.environ, **settings.to_env()}
 
 
 _CREATED_TOPICS: list[str] = []
@@ -1477,7 +1463,7 @@ def _run_spark_stages(results: BenchResults, measured: Callable[..., StageResult
     session_s = time.perf_counter() - began
     checkpoints = scratch / "checkpoints"
     try:
-        batch = measured(names[0], "spark", "", lambda: measure_spark_batch(
+        batch = measured(names[0], "spark", "spark-batch", lambda: measure_spark_batch(
             spark, paths["parquet"], settings, scratch, repeat=stream_repeat,
             statistic=statistic, warmup_path=paths["warmup"]))
         batch.notes += (f"; session start (not counted) {session_s:.1f} s"
@@ -1485,7 +1471,7 @@ def _run_spark_stages(results: BenchResults, measured: Callable[..., StageResult
         if batch_rows and not batch.skipped and batch_rows > batch.rows:
             say(f"spark: the {batch_rows:,}-row parquet dataset (generated on first use)")
             big = dataio.ensure_dataset(settings, rows=batch_rows, seed=seed, fmt="parquet")
-            measured(f"spark batch (parquet, {batch_rows:,} rows)", "spark", "",
+            measured(f"spark batch (parquet, {batch_rows:,} rows)", "spark", "spark-batch",
                      lambda: measure_spark_batch(spark, big, settings, scratch,
                                                  repeat=stream_repeat, statistic=statistic,
                                                  label=f"{batch_rows:,} rows"))

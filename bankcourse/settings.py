@@ -201,6 +201,28 @@ class Settings:
         values.update(overrides)
         return cls().replace(**values)
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as environment variables: :meth:`from_env` reads them back.
+
+        For a child process (``python -m bankcourse ...``) that must use exactly these
+        settings: overlay the result on ``os.environ``. A setting that is None is given
+        as an empty value, which :meth:`from_env` reads as "not set", so a value in the
+        parent's environment cannot leak in.
+        """
+        env: dict[str, str] = {}
+        for f in dataclasses.fields(self):
+            if f.name in ("thresholds", "kafka_security"):
+                continue
+            value = getattr(self, f.name)
+            env[ENV_PREFIX + f.name.upper()] = "" if value is None else str(value)
+        for name, value in dataclasses.asdict(self.thresholds).items():
+            env[ENV_PREFIX + name.upper()] = repr(value)
+        for name, value in self.kafka_security.items():
+            env[f"{ENV_PREFIX}KAFKA_SECURITY_{name.upper()}"] = str(value)
+        env["KAFKA_BOOTSTRAP_SERVERS"] = self.kafka_bootstrap_servers or ""
+        env["KAFKA_HOME"] = "" if self.kafka_home is None else str(self.kafka_home)
+        return env
+
 
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")

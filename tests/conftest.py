@@ -7,6 +7,7 @@ only if it started it. ``BANKCOURSE_KAFKA_PORT`` picks another port.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,20 @@ def kafka(settings: Settings) -> Iterator[Settings]:
     finally:
         if started:
             broker.stop(settings)
+
+
+@pytest.fixture
+def topics(kafka: Settings) -> Settings:
+    """Settings with topics of this test only (created up front): tests that run side by
+    side, or one after another on the same broker, never see each other's messages."""
+    from bankcourse import kafka_mode
+
+    suffix = uuid.uuid4().hex[:10]
+    settings = kafka.replace(topic_transactions=f"tx-{suffix}", topic_alerts=f"alerts-{suffix}",
+                             topic_processed=f"processed-{suffix}",
+                             topic_dead_letter=f"dlq-{suffix}")
+    kafka_mode.ensure_topics(settings)
+    return settings
 
 
 @pytest.fixture(scope="session")

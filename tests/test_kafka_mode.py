@@ -32,41 +32,13 @@ from bankcourse.settings import Settings
 # --- helpers -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def topics(kafka: Settings) -> Settings:
-    """Settings with topics of this test only (created up front)."""
-    suffix = uuid.uuid4().hex[:10]
-    settings = kafka.replace(
-        topic_transactions=f"tx-{suffix}",
-        topic_alerts=f"alerts-{suffix}",
-        topic_processed=f"processed-{suffix}",
-        topic_dead_letter=f"dlq-{suffix}",
-    )
-    kafka_mode.ensure_topics(settings)
-    return settings
-
-
 def _group() -> str:
     return f"detector-{uuid.uuid4().hex[:10]}"
 
 
 def _env(settings: Settings) -> dict[str, str]:
     """The environment that makes ``python -m bankcourse`` use ``settings``."""
-    env = dict(os.environ)
-    env.update({
-        "BANKCOURSE_KAFKA_PORT": str(settings.kafka_port),
-        "BANKCOURSE_KAFKA_CONTROLLER_PORT": str(settings.kafka_controller_port),
-        "BANKCOURSE_TOPIC_TRANSACTIONS": settings.topic_transactions,
-        "BANKCOURSE_TOPIC_ALERTS": settings.topic_alerts,
-        "BANKCOURSE_TOPIC_PROCESSED": settings.topic_processed,
-        "BANKCOURSE_TOPIC_DEAD_LETTER": settings.topic_dead_letter,
-        "BANKCOURSE_PARTITIONS": str(settings.partitions),
-        "BANKCOURSE_DATA_DIR": str(settings.data_dir),
-        "BANKCOURSE_CACHE_DIR": str(settings.cache_dir),
-    })
-    if settings.kafka_bootstrap_servers:
-        env["KAFKA_BOOTSTRAP_SERVERS"] = settings.kafka_bootstrap_servers
-    return env
+    return {**os.environ, **settings.to_env()}
 
 
 def _start_detector(settings: Settings, *args: str) -> subprocess.Popen[str]:

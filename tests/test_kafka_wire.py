@@ -18,17 +18,6 @@ from bankcourse import generator, kafka_mode, kafka_wire
 from bankcourse.settings import Settings
 
 
-@pytest.fixture
-def topics(kafka: Settings) -> Settings:
-    """Settings with topics of this test only (created up front)."""
-    suffix = uuid.uuid4().hex[:10]
-    settings = kafka.replace(topic_transactions=f"tx-{suffix}", topic_alerts=f"alerts-{suffix}",
-                             topic_processed=f"processed-{suffix}",
-                             topic_dead_letter=f"dlq-{suffix}")
-    kafka_mode.ensure_topics(settings)
-    return settings
-
-
 def test_vectorised_murmur2_puts_every_key_where_kafkas_partitioner_would() -> None:
     import random
 

@@ -83,3 +83,22 @@ def test_replace_routes_threshold_names_to_the_thresholds() -> None:
     assert s.thresholds.transfer_spike == 1_000.0
     assert s.partitions == 3
     assert Settings().thresholds.transfer_spike == 150_000.0
+
+
+def test_to_env_gives_back_the_same_settings_through_from_env(tmp_path: Path) -> None:
+    settings = Settings(
+        thresholds=Thresholds(high_amount=123_456.5, transfer_spike=99_000.0),
+        data_dir=tmp_path / "data", cache_dir=tmp_path / "cache", kafka_port=19_500,
+        kafka_controller_port=19_501, partitions=3, topic_alerts="alerts-x",
+        kafka_bootstrap_servers="broker-a:9092",
+        kafka_security={"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN"},
+        spark_driver_memory_mb=700)
+    assert Settings.from_env(settings.to_env()) == settings
+
+
+def test_to_env_clears_what_the_parent_environment_would_otherwise_add() -> None:
+    parent = {"KAFKA_BOOTSTRAP_SERVERS": "elsewhere:9092",
+              "BANKCOURSE_SPARK_REMOTE": "sc://elsewhere:15002", "BANKCOURSE_HIGH_AMOUNT": "5"}
+    child = Settings.from_env({**parent, **Settings().to_env()})
+    assert child == Settings()
+    assert not child.external_kafka and child.spark_remote is None

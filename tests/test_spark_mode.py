@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,37 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 # --- helpers --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def topics(kafka: Settings) -> Settings:
-    """Settings with topics of this test only (created up front)."""
-    suffix = uuid.uuid4().hex[:10]
-    settings = kafka.replace(
-        topic_transactions=f"sp-tx-{suffix}",
-        topic_alerts=f"sp-alerts-{suffix}",
-        topic_processed=f"sp-processed-{suffix}",
-        topic_dead_letter=f"sp-dlq-{suffix}",
-    )
-    kafka_mode.ensure_topics(settings)
-    return settings
-
-
 def _env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment that makes ``python -m bankcourse`` use ``settings``."""
-    env = dict(os.environ)
-    env.update({
-        "BANKCOURSE_KAFKA_PORT": str(settings.kafka_port),
-        "BANKCOURSE_KAFKA_CONTROLLER_PORT": str(settings.kafka_controller_port),
-        "BANKCOURSE_TOPIC_TRANSACTIONS": settings.topic_transactions,
-        "BANKCOURSE_TOPIC_ALERTS": settings.topic_alerts,
-        "BANKCOURSE_TOPIC_PROCESSED": settings.topic_processed,
-        "BANKCOURSE_TOPIC_DEAD_LETTER": settings.topic_dead_letter,
-        "BANKCOURSE_DATA_DIR": str(settings.data_dir),
-        "BANKCOURSE_CACHE_DIR": str(settings.cache_dir),
-    })
-    if settings.kafka_bootstrap_servers:
-        env["KAFKA_BOOTSTRAP_SERVERS"] = settings.kafka_bootstrap_servers
-    env.update(extra)
-    return env
+    return {**os.environ, **settings.to_env(), **extra}
 
 
 def _file_mode_alerts(path: Path, settings: Settings, out_dir: Path) -> dict[str, dict]:
