@@ -671,7 +671,7 @@ def _result(name: str, stage: str, runs: Sequence[Run], statistic: str,
         name=name, stage=stage, rows=rows, seconds=seconds,
         rows_per_s=rows / seconds if seconds > 0 else 0.0, target_key=target_key,
         runs_rows_per_s=[round(r, 1) for r in rates],
-        cpu_s=round(extra["cpu_s"], 3) if extra.get("cpu_s") is not None else None,
+        cpu_s=round(extra["cpu_s"], 6) if extra.get("cpu_s") is not None else None,
         rows_per_cpu_s=round(extra.get("cpu_rows", rows) / extra["cpu_s"], 1)
         if extra.get("cpu_s") else None,
         p50_ms=extra.get("p50_ms"), p99_ms=extra.get("p99_ms"),
