@@ -179,7 +179,9 @@ class Target:
 TARGETS: dict[str, Target] = {
     "generator": Target(min_rows_per_s=2_000_000),
     "file": Target(min_rows_per_s=1_000_000),
+    "rules": Target(min_rows_per_s=20_000_000),
     "kafka": Target(min_rows_per_s=50_000, max_p99_ms=50),
+    "kafka-throughput": Target(min_rows_per_s=50_000),
     "spark-batch": Target(min_rows_per_s=1_000_000),
     "spark-stream": Target(min_rows_per_s=330_000, max_p99_ms=1_000),
     "spark-real-time": Target(max_p99_ms=1_000),
@@ -726,6 +728,32 @@ def measure_file_mode(path: Path, settings: Settings, out_dir: Path, *,
     return _result(f"file ({fmt})", "file", runs, statistic, "file")
 
 
+def measure_rules(path: Path, settings: Settings, *, repeat: int = DEFAULT_REPEAT,
+                  statistic: str = "best") -> StageResult:
+    """Time :func:`bankcourse.rules.evaluate_frame` alone on ``path``'s cleaned rows.
+
+    The dataset is read and cleaned first (not timed): this is the cost of the four
+    rules on a DataFrame already in memory, the part of file mode that is the rules.
+    """
+    import pandas as pd
+
+    from bankcourse import dataio, schema
+
+    frames = [schema.clean_frame(frame)[0] for frame in dataio.iter_frames(path)]
+    frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    del frames
+    runs: list[Run] = []
+    for _ in range(repeat):
+        began, cpu = time.perf_counter(), cpu_seconds()
+        flags = rules.evaluate_frame(frame, settings.thresholds)
+        seconds = time.perf_counter() - began
+        runs.append((len(frame), seconds, {
+            "cpu_s": cpu_seconds() - cpu,
+            "notes": f"rules.evaluate_frame on {len(frame):,} cleaned rows in memory; "
+                     f"{int(flags.any(axis=1).sum()):,} rows with a rule fired"}))
+    return _result("rules alone (in memory)", "file", runs, statistic, "rules")
+
+
 def _kafka_env(settings: Settings) -> dict[str, str]:
     """Environment for a child process that must use exactly ``settings``'s broker/topics."""
     return {**os.environ, **settings.to_env()}
@@ -786,12 +814,15 @@ class DetectorProcess:
         idle_timeout_s: ... or when none came for this long. Default: 60.
         latency_warmup_s: its latencies leave out the first this many seconds of input
             (``--latency-warmup-s``). Default: 0.
+        group: the consumer group; give several detectors the same one to share the
+            partitions. Default: a new group.
     """
 
     def __init__(self, settings: Settings, mode: str, max_messages: int,
-                 idle_timeout_s: float = 60.0, latency_warmup_s: float = 0.0) -> None:
+                 idle_timeout_s: float = 60.0, latency_warmup_s: float = 0.0,
+                 group: str | None = None) -> None:
         self.settings = settings
-        self.group = f"bench-{uuid.uuid4().hex[:8]}"
+        self.group = group or f"bench-{uuid.uuid4().hex[:8]}"
         command = [sys.executable, "-m", "bankcourse", "-q", "kafka", "detect", "--json",
                    "--mode", mode, "--group", self.group, "--max-messages", str(max_messages),
                    "--idle-timeout-s", str(idle_timeout_s),
@@ -805,8 +836,8 @@ class DetectorProcess:
         log.info("bench: detector process %d started (%s, group %s)", self.process.pid,
                  mode, self.group)
 
-    def wait_joined(self, timeout_s: float = 60.0) -> None:
-        """Wait until the detector's group is stable with partitions assigned.
+    def wait_joined(self, timeout_s: float = 60.0, members: int = 1) -> None:
+        """Wait until the detector's group is stable with ``members`` members.
 
         Raises:
             RuntimeError: it did not join in time, or the process exited.
@@ -827,7 +858,7 @@ class DetectorProcess:
                     info = admin.describe_groups([self.group]).get(self.group, {})
                 if isinstance(info, dict):
                     state = info.get("group_state", info.get("state"))
-                    if state == "Stable" and info.get("members"):
+                    if state == "Stable" and len(info.get("members") or ()) >= members:
                         return
                 time.sleep(0.2)
         finally:
@@ -897,6 +928,76 @@ def kafka_end_to_end(settings: Settings, source: Path, *, mode: str, rows: int,
         "produce_rows_per_s": produced.rate_per_s, "detector_rows_per_s": report["rows_per_s"],
         "alerts": report["alerts"], "dead_letters": report["dead_letters"],
     }
+
+
+KAFKA_GROUP_DETECTORS = 2
+"""Detector processes of the consumer-group line: one per partition of the course's topics."""
+
+GROUP_IDLE_S = 3.0
+"""How long the consumer-group line's detectors wait for more input before they stop."""
+
+
+def kafka_group_end_to_end(settings: Settings, source: Path, *, rows: int,
+                           detectors: int = KAFKA_GROUP_DETECTORS, timeout_s: float = 600.0,
+                           broker_pid: int | None = None) -> dict[str, Any]:
+    """At-least-once Kafka mode with ``detectors`` processes sharing one consumer group.
+
+    The measured time runs from the first send until ``topic_processed`` holds ``rows``
+    messages (its end offsets, read every 10 ms: an at-least-once detector's output is
+    there once durable). No detector knows how many messages are its own, so each stops
+    after :data:`GROUP_IDLE_S` without input, outside the measured time.
+
+    Returns:
+        ``rows``, ``seconds``, ``cpu_s`` (producer, detectors, broker), ``alerts`` and
+        ``consumed`` (per detector).
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    from bankcourse import kafka_mode
+
+    topics = fresh_topics(settings, "kafka-group")
+    group = f"bench-group-{uuid.uuid4().hex[:8]}"
+    outputs = [TopicPartition(topics.topic_processed, p) for p in range(topics.partitions)]
+    with contextlib.ExitStack() as stack:
+        procs = [stack.enter_context(DetectorProcess(topics, "at-least-once", rows,
+                                                     idle_timeout_s=GROUP_IDLE_S, group=group))
+                 for _ in range(detectors)]
+        procs[0].wait_joined(members=detectors)
+        watcher = KafkaConsumer(**kafka_mode.client_config(topics), enable_auto_commit=False)
+        stack.callback(watcher.close)
+        began, cpu = time.perf_counter(), cpu_seconds(broker_pid)
+        kafka_mode.produce(topics, source, max_messages=rows, progress=False,
+                           create_topics=False)
+        deadline = time.monotonic() + timeout_s
+        while sum(watcher.end_offsets(outputs).values()) < rows:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the detectors did not process {rows:,} messages within "
+                                   f"{timeout_s:g} s")
+            time.sleep(0.01)
+        seconds = time.perf_counter() - began
+        cpu = cpu_seconds(broker_pid) - cpu
+        reports = [p.finish(GROUP_IDLE_S * 3 + 60) for p in procs]
+    return {"rows": rows, "seconds": seconds, "cpu_s": cpu,
+            "alerts": sum(r["alerts"] for r in reports),
+            "consumed": [r["consumed"] for r in reports]}
+
+
+def measure_kafka_group(settings: Settings, source: Path, *, rows: int, repeat: int = 1,
+                        statistic: str = "best", broker_pid: int | None = None,
+                        detectors: int = KAFKA_GROUP_DETECTORS) -> StageResult:
+    """:func:`kafka_group_end_to_end` ``repeat`` times, as one line of the table."""
+    runs: list[Run] = []
+    for _ in range(repeat):
+        f = kafka_group_end_to_end(settings, source, rows=rows, detectors=detectors,
+                                   broker_pid=broker_pid)
+        runs.append((f["rows"], f["seconds"], {
+            "cpu_s": f["cpu_s"],
+            "notes": f"{detectors} detector processes in one consumer group, one partition "
+                     f"each (messages per detector: {', '.join(map(str, f['consumed']))}); "
+                     f"first send until every processed record is durable; "
+                     f"{f['alerts']:,} alerts"}))
+    return _result(f"kafka at-least-once, {detectors} detectors", "kafka", runs, statistic,
+                   "kafka-throughput")
 
 
 KAFKA_WARMUP_S = 2.0
@@ -994,7 +1095,7 @@ def measure_spark_batch(spark: Any, path: Path, settings: Settings, out_dir: Pat
                      f"counts by observe in the same pass, alerts written as {fmt}"
                      + ("; after an untimed warm-up run" if warmup_path else "")}))
     name = f"spark batch ({source}{', ' + label if label else ''})"
-    return _result(name, "spark", runs, statistic)
+    return _result(name, "spark", runs, statistic, "spark-batch")
 
 
 def _topic_counts(settings: Settings, topics: Sequence[str]) -> dict[str, int]:
@@ -1356,6 +1457,7 @@ def run_bench(
                 except Exception as exc:  # recorded in the table; the other stages go on
                     log.warning("bench stage %s failed", label, exc_info=True)
                     result = _skipped(label, stage, f"failed: {exc}", target_key)
+            result.target_key = result.target_key or target_key
             result.peak_rss_mb = sampler.peak(label)
             result.load_average = load
             results.stages.append(result)
@@ -1374,6 +1476,8 @@ def run_bench(
             for fmt in ("csv.gz", "parquet"):
                 measured(f"file ({fmt})", "file", "file", lambda fmt=fmt: measure_file_mode(
                     paths[fmt], settings, scratch, repeat=repeat, statistic=statistic))
+            measured("rules alone (in memory)", "file", "rules", lambda: measure_rules(
+                paths["parquet"], settings, repeat=repeat, statistic=statistic))
         loaded: Settings | None = None
         if "kafka" in stages:
             from bankcourse import kafka_mode
@@ -1396,6 +1500,13 @@ def run_bench(
                 result = measured(name, "kafka", "kafka", kafka_work)
                 if loaded is None and "topics" in holder:
                     loaded = holder["topics"]
+            if broker_ok and settings.partitions >= KAFKA_GROUP_DETECTORS:
+                # What a consumer group is for: a second detector process, a second core.
+                measured(f"kafka at-least-once, {KAFKA_GROUP_DETECTORS} detectors", "kafka",
+                         "kafka-throughput", lambda: measure_kafka_group(
+                             settings, paths["parquet"], rows=stream_rows,
+                             repeat=stream_repeat, statistic=statistic,
+                             broker_pid=broker_pid))
         if "spark" in stages:
             _run_spark_stages(results, measured, settings, paths, scratch, broker_ok,
                               broker_why, loaded, broker_pid,

@@ -172,11 +172,11 @@ def test_a_small_run_without_java_writes_markdown_json_and_chart(
     assert data["machine"]["cores"] == os.cpu_count()
     names = [s["name"] for s in data["stages"]]
     assert names == ["baseline (naive loop)", "generator", "file (csv.gz)", "file (parquet)",
-                     "whole run (peak memory)"]
+                     "rules alone (in memory)", "whole run (peak memory)"]
     stages = {s["name"]: s for s in data["stages"]}
     base = stages["baseline (naive loop)"]
     assert base["rows"] == 5_000 and base["ratio_to_baseline"] == 1.0
-    for name in names[1:4]:
+    for name in names[1:5]:
         s = stages[name]
         assert s["skipped"] is None and s["rows"] == 20_000
         assert len(s["runs_rows_per_s"]) == 2
@@ -190,8 +190,9 @@ def test_a_small_run_without_java_writes_markdown_json_and_chart(
         assert s["target"] and s["target_met"] in (True, False)
     whole = stages["whole run (peak memory)"]
     assert whole["peak_rss_mb"]["total"] >= max(
-        stages[n]["peak_rss_mb"]["total"] for n in names[:4])
+        stages[n]["peak_rss_mb"]["total"] for n in names[:5])
     assert whole["target"] == "< 2,048 MB"
+    assert stages["rules alone (in memory)"]["target"] == ">= 20,000,000/s"
 
     markdown = (out / "bench.md").read_text()
     assert "| stage | rows | txn/s | x baseline | txn/CPU-s |" in markdown
@@ -240,3 +241,18 @@ def test_a_small_kafka_run_measures_latency_percentiles(kafka: Settings, scratch
     assert topics.topic_transactions.startswith("bench-kafka-at-least-once-")
     counts = bench._topic_counts(topics, [topics.topic_transactions, topics.topic_processed])
     assert counts == {topics.topic_transactions: 2_000, topics.topic_processed: 2_000}
+
+
+@pytest.mark.spark
+def test_spark_batch_line_is_checked_against_the_batch_target(
+        spark: object, settings: Settings, scratch: Path) -> None:
+    from bankcourse import dataio
+
+    path = dataio.ensure_dataset(settings, rows=5_000, seed=42, fmt="parquet")
+
+    result = bench.measure_spark_batch(spark, path, settings, scratch, repeat=1)
+    bench._finish(result, None)
+
+    assert result.name == "spark batch (parquet)" and result.rows == 5_000
+    assert result.target_key == "spark-batch"
+    assert result.target == ">= 1,000,000/s" and result.target_met in (True, False)
