@@ -243,6 +243,24 @@ def test_a_small_kafka_run_measures_latency_percentiles(kafka: Settings, scratch
     assert counts == {topics.topic_transactions: 2_000, topics.topic_processed: 2_000}
 
 
+@pytest.mark.kafka
+def test_two_detectors_in_one_group_share_the_input_and_raise_every_alert(
+        kafka: Settings, scratch: Path) -> None:
+    from bankcourse import dataio, schema
+
+    paths = bench.bench_datasets(kafka, rows=5_000, seed=42, baseline_rows=1_000)
+    first = next(dataio.iter_frames(paths["parquet"])).head(2_000)
+    expected = int(rules.evaluate_frame(schema.clean_frame(first)[0],
+                                        kafka.thresholds).any(axis=1).sum())
+
+    figures = bench.kafka_group_end_to_end(kafka, paths["parquet"], rows=2_000, detectors=2)
+
+    assert sum(figures["consumed"]) == 2_000
+    assert len(figures["consumed"]) == 2 and min(figures["consumed"]) > 0
+    assert figures["alerts"] == expected > 0
+    assert figures["seconds"] > 0 and figures["cpu_s"] > 0
+
+
 @pytest.mark.spark
 def test_spark_batch_line_is_checked_against_the_batch_target(
         spark: object, settings: Settings, scratch: Path) -> None:
