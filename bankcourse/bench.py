@@ -1385,9 +1385,10 @@ def run_bench(
             default is :data:`SPARK_BATCH_ROWS`).
         latency_rate_per_s: steady rate of the latency runs. Default: 2,000.
         latency_s: how long the latency runs produce. Default: 10.
-        repeat: runs of baseline, generator and file. Default: 3.
-        stream_repeat: runs of the Kafka and Spark throughput measurements (Spark batch
-            included). Default: 1.
+        repeat: runs of baseline, generator, file and Spark batch (batch runs are short;
+            the first at full size still waits on the JVM's compiler). Default: 3.
+        stream_repeat: runs of the Kafka and Spark streaming throughput measurements.
+            Default: 1.
         statistic: ``best`` (highest throughput) or ``median`` of the runs. Default: best.
         real_time: also try Spark's real-time mode. Default: True.
         start_broker: start the course's broker when none answers (and stop it at the
@@ -1575,7 +1576,7 @@ def _run_spark_stages(results: BenchResults, measured: Callable[..., StageResult
     checkpoints = scratch / "checkpoints"
     try:
         batch = measured(names[0], "spark", "spark-batch", lambda: measure_spark_batch(
-            spark, paths["parquet"], settings, scratch, repeat=stream_repeat,
+            spark, paths["parquet"], settings, scratch, repeat=repeat,
             statistic=statistic, warmup_path=paths["warmup"]))
         batch.notes += (f"; session start (not counted) {session_s:.1f} s"
                         if ours else "; the session was already running")
@@ -1584,7 +1585,7 @@ def _run_spark_stages(results: BenchResults, measured: Callable[..., StageResult
             big = dataio.ensure_dataset(settings, rows=batch_rows, seed=seed, fmt="parquet")
             measured(f"spark batch (parquet, {batch_rows:,} rows)", "spark", "spark-batch",
                      lambda: measure_spark_batch(spark, big, settings, scratch,
-                                                 repeat=stream_repeat, statistic=statistic,
+                                                 repeat=repeat, statistic=statistic,
                                                  label=f"{batch_rows:,} rows"))
         if not broker_ok:
             for name in names[1:]:
@@ -1944,9 +1945,10 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--latency-s", type=_positive_float, default=DEFAULT_LATENCY_S,
                    help=f"seconds of each latency run (default: {DEFAULT_LATENCY_S:g})")
     p.add_argument("--repeat", type=_positive_int, default=DEFAULT_REPEAT,
-                   help=f"runs of baseline, generator and file (default: {DEFAULT_REPEAT})")
+                   help=f"runs of baseline, generator, file and Spark batch (default: "
+                        f"{DEFAULT_REPEAT})")
     p.add_argument("--stream-repeat", type=_positive_int, default=1,
-                   help="runs of the Kafka and Spark measurements (default: 1)")
+                   help="runs of the Kafka and Spark streaming measurements (default: 1)")
     p.add_argument("--statistic", choices=("best", "median"), default="best",
                    help="which run to report (default: best)")
     p.add_argument("--no-real-time", action="store_true",
