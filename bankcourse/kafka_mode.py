@@ -108,6 +108,16 @@ MODES: tuple[str, ...] = ("at-least-once", "exactly-once")
 DEFAULT_GROUP = "bankcourse-detector"
 """The detector's consumer group when none is given."""
 
+DEFAULT_BATCH_ROWS = 20_000
+"""Most messages the detector takes per poll. Each batch has a fixed cost (a JSON parse,
+the rules, two sends, a flush or a transaction), so a backlog is worked through in large
+batches; a steady trickle still comes in small ones, as it arrives."""
+
+FETCH_PARTITION_BYTES = 8 * 1024 * 1024
+"""The detector's ``max_partition_fetch_bytes``: about 27,000 course messages, so that one
+fetch can fill a :data:`DEFAULT_BATCH_ROWS` batch (kafka-python's 1 MB default holds
+about 3,400)."""
+
 CONNECT_TIMEOUT_MS = 5_000
 """How long a client tries to reach the broker before giving up (bootstrap)."""
 
@@ -969,7 +979,7 @@ def detect(
     max_messages: int | None = None,
     idle_timeout_s: float | None = 10.0,
     duration_s: float | None = None,
-    max_batch_rows: int = 5_000,
+    max_batch_rows: int = DEFAULT_BATCH_ROWS,
     on_batch: Callable[[BatchMetrics], Any] | None = None,
     meter: ThroughputMeter | None = None,
     create_topics: bool = True,
@@ -991,7 +1001,7 @@ def detect(
         max_messages: stop after this many input messages. Default: None.
         idle_timeout_s: stop when no message came for this long. Default: 10.
         duration_s: stop after this many seconds. Default: None.
-        max_batch_rows: most messages per poll batch. Default: 5000.
+        max_batch_rows: most messages per poll batch. Default: :data:`DEFAULT_BATCH_ROWS`.
         on_batch: called with a :class:`~bankcourse.meter.BatchMetrics` per batch.
         meter: the meter to record into (to share with a dashboard). Default: a new one.
         create_topics: create missing topics first. Default: True.
@@ -1032,6 +1042,7 @@ def detect(
         # (between a response and the next request, now and then): at 100 ms, the
         # default, those sleeps were the whole p99 tail at a steady 2,000 txn/s.
         "retry_backoff_ms": 10,
+        "max_partition_fetch_bytes": FETCH_PARTITION_BYTES,
         "session_timeout_ms": 10_000,
         "heartbeat_interval_ms": 2_000,
         "max_poll_interval_ms": 60_000,
@@ -1506,8 +1517,8 @@ def register_cli(subparsers: Any) -> None:
                           "(then give --max-messages or --duration-s) (default: 10)")
     det.add_argument("--duration-s", type=float, default=None,
                      help="stop after this many seconds")
-    det.add_argument("--batch-rows", type=_positive_int, default=5_000,
-                     help="most messages per poll batch (default: 5000)")
+    det.add_argument("--batch-rows", type=_positive_int, default=DEFAULT_BATCH_ROWS,
+                     help=f"most messages per poll batch (default: {DEFAULT_BATCH_ROWS})")
     det.add_argument("--latency-warmup-s", type=float, default=0.0,
                      help="leave transactions produced in the first this many seconds "
                           "out of the latency figures (default: 0)")
