@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import socket
 import sys
@@ -183,10 +184,22 @@ def _broker_jars_cached(settings: Settings) -> bool:
 
 
 def connector_jar_dirs(settings: Settings) -> list[Path]:
-    """Where an Ivy cache of Spark packages may be: the course's cache and Spark's
-    defaults."""
+    """Where an Ivy cache of Spark packages may be: the course's Spark cache and Spark's
+    defaults. Not the whole course cache: a running broker keeps its data there and
+    deletes topic folders while they are being searched."""
+    from bankcourse.spark_session import spark_dir
+
     home = Path.home()
-    return [Path(settings.cache_dir), home / ".ivy2.5.2", home / ".ivy2"]
+    return [spark_dir(settings), home / ".ivy2.5.2", home / ".ivy2"]
+
+
+def find_files(folder: Path, part: str, suffix: str) -> list[Path]:
+    """Files under ``folder`` whose name contains ``part`` and ends in ``suffix``. A folder
+    that vanishes during the walk is skipped (``os.walk`` ignores such errors), not a
+    crash."""
+    return [Path(root) / name
+            for root, _dirs, names in os.walk(folder)
+            for name in names if part in name and name.endswith(suffix)]
 
 
 def check_connector(settings: Settings, java_ok: bool = True) -> Check:
@@ -202,7 +215,7 @@ def check_connector(settings: Settings, java_ok: bool = True) -> Check:
     others: list[Path] = []
     for folder in connector_jar_dirs(settings):
         if folder.is_dir():
-            for jar in folder.rglob("*spark-sql-kafka-0-10_*.jar"):
+            for jar in find_files(folder, "spark-sql-kafka-0-10_", ".jar"):
                 (found if jar.name.endswith(f"-{version}.jar") else others).append(jar)
     if found:
         return Check("spark kafka connector", OK,

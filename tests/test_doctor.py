@@ -110,6 +110,28 @@ def test_connector_check_names_the_pyspark_version(settings: Settings) -> None:
     assert pyspark.__version__ in check.detail
 
 
+def test_connector_check_looks_in_spark_caches_not_in_the_brokers_data(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings, tmp_path: Path
+) -> None:
+    import pyspark
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cache = tmp_path / "cache"
+    name = f"org.apache.spark_spark-sql-kafka-0-10_2.13-{pyspark.__version__}.jar"
+    # A broker's data folder is outside the search: it changes while it is walked.
+    stray = cache / "kafka" / "broker-9092" / "kraft-logs" / name
+    stray.parent.mkdir(parents=True)
+    stray.touch()
+    local = settings.replace(cache_dir=cache)
+    assert doctor.check_connector(local).status == doctor.WARN
+    jar = cache / "spark" / "ivy" / "jars" / name
+    jar.parent.mkdir(parents=True)
+    jar.touch()
+    found = doctor.check_connector(local)
+    assert found.status == doctor.OK
+    assert name in found.detail
+
+
 def test_memory_check_warns_when_less_than_asked_is_available() -> None:
     available, _ = doctor.available_memory_mb()
     assert available > 0
