@@ -24,7 +24,9 @@ records equal kafka-python's own.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -434,17 +436,22 @@ def _read_varints(data: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndar
     return values, at + size
 
 
-def decode_batch_records(batch: Any) -> list[Any] | None:
-    """The records of an uncompressed kafka-python ``DefaultRecordBatch``, decoded in bulk.
+class _Columns:
+    """The records of one plain batch as columns (lists), offset order."""
 
-    Each record's start follows from the previous one's length (a short Python loop);
-    its fields are then decoded for all records at once with numpy. Gives the same
-    ``DefaultRecord`` objects as iterating the batch, or None when the batch is not a
-    plain one (compressed, control, records with headers, or not well formed): then the
-    caller iterates it the usual way, which also reports a corrupt batch.
-    """
-    from kafka.record.default_records import DefaultRecord
+    __slots__ = ("sizes", "offsets", "stamps", "keys", "values", "key_sizes", "value_sizes")
 
+    def __init__(self, sizes: list[int], offsets: list[int], stamps: list[int],
+                 keys: list[bytes | None], values: list[bytes | None], key_sizes: list[int],
+                 value_sizes: list[int]) -> None:
+        self.sizes, self.offsets, self.stamps = sizes, offsets, stamps
+        self.keys, self.values = keys, values
+        self.key_sizes, self.value_sizes = key_sizes, value_sizes
+
+
+def _decode_columns(batch: Any) -> _Columns | None:
+    """The records of an uncompressed kafka-python ``DefaultRecordBatch`` as columns, or
+    None when the batch is not a plain one (see :func:`decode_batch_records`)."""
     if batch.compression_type or batch.is_control_batch:
         return None
     buffer = bytes(batch._buffer)
@@ -485,19 +492,38 @@ def decode_batch_records(batch: Any) -> list[Any] | None:
     header_count, at = _read_varints(data, at + np.maximum(value_len, 0))
     if header_count.any() or not np.array_equal(at, start + np.asarray(lengths)):
         return None
-    stamp_type = batch.timestamp_type
-    if stamp_type == batch.LOG_APPEND_TIME:
+    if batch.timestamp_type == batch.LOG_APPEND_TIME:
         stamps = [batch.max_timestamp] * count
     else:
         stamps = (ts_delta + batch.first_timestamp).tolist()
-    offsets = (offset_delta + batch.base_offset).tolist()
+    key_sizes, value_sizes = key_len.tolist(), value_len.tolist()
     keys = [buffer[a:a + n] if n >= 0 else None
-            for a, n in zip(key_at.tolist(), key_len.tolist(), strict=True)]
+            for a, n in zip(key_at.tolist(), key_sizes, strict=True)]
     values = [buffer[a:a + n] if n >= 0 else None
-              for a, n in zip(value_at.tolist(), value_len.tolist(), strict=True)]
+              for a, n in zip(value_at.tolist(), value_sizes, strict=True)]
+    return _Columns(lengths, (offset_delta + batch.base_offset).tolist(), stamps, keys,
+                    values, key_sizes, value_sizes)
+
+
+def decode_batch_records(batch: Any) -> list[Any] | None:
+    """The records of an uncompressed kafka-python ``DefaultRecordBatch``, decoded in bulk.
+
+    Each record's start follows from the previous one's length (a short Python loop);
+    its fields are then decoded for all records at once with numpy. Gives the same
+    ``DefaultRecord`` objects as iterating the batch, or None when the batch is not a
+    plain one (compressed, control, records with headers, or not well formed): then the
+    caller iterates it the usual way, which also reports a corrupt batch.
+    """
+    from kafka.record.default_records import DefaultRecord
+
+    columns = _decode_columns(batch)
+    if columns is None:
+        return None
+    stamp_type = batch.timestamp_type
     return [DefaultRecord(size, offset, stamp, stamp_type, key, value, [])
-            for size, offset, stamp, key, value in zip(lengths, offsets, stamps, keys, values,
-                                                       strict=True)]
+            for size, offset, stamp, key, value in zip(
+                columns.sizes, columns.offsets, columns.stamps, columns.keys, columns.values,
+                strict=True)]
 
 
 class _BulkBatch:
@@ -517,7 +543,9 @@ class _BulkBatch:
 
 
 class _BulkRecords:
-    """kafka-python ``MemoryRecords`` handing out :class:`_BulkBatch` batches."""
+    """kafka-python ``MemoryRecords`` handing out :class:`_BulkBatch` batches (control and
+    compressed batches as they are: kafka-python reads a control batch's marker with
+    ``next(batch)``, and a compressed one decodes its own way)."""
 
     __slots__ = ("_records",)
 
@@ -531,27 +559,126 @@ class _BulkRecords:
         from kafka.record.default_records import DefaultRecordBatch
 
         batch = self._records.next_batch()
-        return _BulkBatch(batch) if isinstance(batch, DefaultRecordBatch) else batch
+        if (isinstance(batch, DefaultRecordBatch) and not batch.is_control_batch
+                and not batch.compression_type):
+            return _BulkBatch(batch)
+        return batch
+
+
+class _Pending:
+    """Record batches: ``first``, then the rest of ``records``."""
+
+    __slots__ = ("_first", "_records")
+
+    def __init__(self, first: Any, records: Any) -> None:
+        self._first, self._records = first, records
+
+    def next_batch(self) -> Any:
+        if self._first is None:
+            return self._records.next_batch()
+        batch, self._first = self._first, None
+        return batch
+
+
+_CONSUMER_RECORD_FIELDS = (
+    "topic", "partition", "leader_epoch", "offset", "timestamp", "timestamp_type", "key",
+    "value", "headers", "checksum", "serialized_key_size", "serialized_value_size",
+    "serialized_header_size")
+
+
+_NO_HEADERS: tuple[()] = ()
+"""The headers of a record without any (one shared immutable empty sequence)."""
+
+
+def _unpack_plain_first(part: Any, usual: Any, make: type, tp: Any, records: Any,
+                        key_deserializer: Any, value_deserializer: Any) -> Iterator[Any]:
+    """A fetched partition's ``ConsumerRecord`` objects, plain batches built in bulk.
+
+    A plain batch (format v2, not transactional, not a control batch, uncompressed, no
+    headers) has nothing to filter: its records are made at once from
+    :func:`_decode_columns`. At the first batch that is not plain, the rest of the fetch
+    goes to kafka-python's own ``usual`` generator (``_unpack_records``), which handles
+    transactions, aborted batches, control records, compression and deserializers. The
+    positions, metrics and ends are kafka-python's: ``next_fetch_offset`` moves with each
+    record handed out, and the partition is drained after the last batch.
+    """
+    from kafka.errors import CorruptRecordError
+
+    if key_deserializer is not None or value_deserializer is not None:
+        yield from usual(tp, records, key_deserializer, value_deserializer)
+        return
+    read_committed = part.isolation_level != 0  # kafka-python's READ_UNCOMMITTED is 0
+    topic, partition = tp.topic, tp.partition
+    last = None
+    batch = records.next_batch()
+    while batch is not None:
+        plain = getattr(batch, "_batch", batch)  # unwrap a _BulkBatch
+        if (plain.magic != 2 or plain.is_transactional or plain.is_control_batch
+                or plain.compression_type):
+            break
+        if part.check_crcs and not plain.validate_crc():
+            raise CorruptRecordError(f"record batch of {tp.topic}-{tp.partition} at offset "
+                                     f"{plain.base_offset} failed its CRC check")
+        columns = _decode_columns(plain)
+        if columns is None:
+            break
+        part.leader_epoch = epoch = plain.leader_epoch
+        if read_committed and plain.has_producer_id():
+            # Keeps kafka-python's queue of aborted transactions where its own loop would.
+            part._consume_aborted_transactions_up_to(plain.last_offset)
+        count = len(columns.offsets)
+        built = list(map(tuple.__new__, itertools.repeat(make, count), zip(
+            itertools.repeat(topic), itertools.repeat(partition), itertools.repeat(epoch),
+            columns.offsets, columns.stamps, itertools.repeat(plain.timestamp_type),
+            columns.keys, columns.values, itertools.repeat(_NO_HEADERS),
+            itertools.repeat(None), columns.key_sizes, columns.value_sizes,
+            itertools.repeat(-1))))
+        part.records_read += count
+        part.bytes_read += sum(columns.sizes)
+        for record, offset in zip(built, columns.offsets, strict=True):
+            part.next_fetch_offset = offset + 1
+            yield record
+        last = plain
+        batch = records.next_batch()
+    if batch is not None:
+        yield from usual(tp, _Pending(batch, records), key_deserializer, value_deserializer)
+        return
+    if last is not None:
+        part.next_fetch_offset = last.next_offset
+    part.drain()
 
 
 def use_bulk_decoding(consumer: Any) -> bool:
     """Make ``consumer`` decode each fetched record batch in bulk (:func:`decode_batch_records`).
 
-    kafka-python parses every record field by field in Python; the detector reads tens of
-    thousands a second, for which that parsing was the largest cost of a poll. Batch-level
-    handling (checksums, transactions, aborted batches, control records, positions) stays
-    kafka-python's own. Uses its internals: returns False, changing nothing, when they are
-    not as expected.
+    kafka-python parses every record field by field in Python and then builds each
+    ``ConsumerRecord`` in a loop; the detector reads tens of thousands a second, for which
+    that work was the largest cost of a poll. A plain batch's records are now made at once
+    (:func:`_unpack_plain_first`); batch-level handling (checksums, transactions, aborted
+    batches, control records, positions) stays kafka-python's own. Uses its internals:
+    returns False, changing nothing, when they are not as expected.
     """
     fetcher = getattr(consumer, "_fetcher", None)
     base = getattr(fetcher, "PartitionRecords", None)
     if base is None or not isinstance(base, type):
         return False
+    make = getattr(sys.modules.get(base.__module__), "ConsumerRecord", None)
+    in_bulk = (getattr(make, "_fields", None) == _CONSUMER_RECORD_FIELDS
+               and all(hasattr(base, name) for name in (
+                   "_unpack_records", "_consume_aborted_transactions_up_to", "drain")))
 
     class BulkPartitionRecords(base):  # type: ignore[misc, valid-type]
         def __init__(self, fetch_offset: int, tp: Any, records: Any, *args: Any,
                      **kwargs: Any) -> None:
             super().__init__(fetch_offset, tp, _BulkRecords(records), *args, **kwargs)
+
+        def _unpack_records(self, tp: Any, records: Any, key_deserializer: Any,
+                            value_deserializer: Any) -> Iterator[Any]:
+            usual = super()._unpack_records
+            if not in_bulk:
+                return usual(tp, records, key_deserializer, value_deserializer)
+            return _unpack_plain_first(self, usual, make, tp, records,  # type: ignore[arg-type]
+                                       key_deserializer, value_deserializer)
 
     fetcher.PartitionRecords = BulkPartitionRecords
     return True
