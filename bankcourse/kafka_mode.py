@@ -652,7 +652,8 @@ def process_batch(messages: Sequence[Any], settings: Settings, *,
         frame = pd.DataFrame.from_records(valid, columns=list(schema.NAMES))
     else:
         fast_rows, fast = _decode_fast([m.value for m in messages])
-        slow_rows = np.setdiff1d(np.arange(len(messages)), fast_rows).tolist()
+        slow_rows = ([] if len(fast_rows) == len(messages) else
+                     np.setdiff1d(np.arange(len(messages)), fast_rows).tolist())
         valid, rows, dead, reasons = _clean_each(messages, slow_rows)
         frame = fast
         if valid:
@@ -726,9 +727,7 @@ def _decode_fast(values: Sequence[bytes | None]) -> tuple[np.ndarray, pd.DataFra
         The row numbers taken (ascending) and their typed frame (schema columns; ``step``
         and the flags as int64, ``event_time`` as its text), in the same order.
     """
-    candidates = [i for i, v in enumerate(values)
-                  if v and v[:1] == b"{" and v[-1:] == b"}" and b"\n" not in v
-                  and b"\r" not in v]
+    candidates = _one_object_lines(values)
     try:
         b"\n".join([values[i] for i in candidates]).decode("utf-8")  # type: ignore[misc]
     except UnicodeDecodeError:
@@ -746,6 +745,26 @@ def _decode_fast(values: Sequence[bytes | None]) -> tuple[np.ndarray, pd.DataFra
         return np.zeros(0, dtype=np.int64), _typed_frame(_ARROW_JSON_SCHEMA.empty_table())
     frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     return np.concatenate(taken), frame
+
+
+def _one_object_lines(values: Sequence[bytes | None]) -> list[int]:
+    """The rows of ``values`` that are non-empty, on one line, and start with ``{`` and
+    end with ``}`` (what Arrow may parse as one JSON object per line).
+
+    The usual batch has only such values: that is checked on the joined bytes at once
+    (exactly ``n - 1`` newlines, each between ``}`` and ``{``, means every value is one
+    such line). Otherwise each value is looked at.
+    """
+    count = len(values)
+    try:
+        data = b"\n".join(values)  # type: ignore[arg-type]
+    except TypeError:  # a message without a value
+        data = b""
+    if (count and data[:1] == b"{" and data[-1:] == b"}" and b"\r" not in data
+            and data.count(b"\n") == count - 1 and data.count(b"}\n{") == count - 1):
+        return list(range(count))
+    return [i for i, v in enumerate(values)
+            if v and v[:1] == b"{" and v[-1:] == b"}" and b"\n" not in v and b"\r" not in v]
 
 
 def _is_utf8(value: bytes) -> bool:

@@ -563,3 +563,15 @@ def test_detect_command_exits_with_an_error_when_the_broker_is_down(
 def test_detector_refuses_to_run_without_any_bound(settings: Settings) -> None:
     with pytest.raises(kafka_mode.KafkaModeError, match="bound"):
         kafka_mode.detect(settings, idle_timeout_s=None)
+
+
+def test_the_one_line_object_check_of_a_whole_batch_matches_the_check_of_each_value() -> None:
+    good = [b'{"a": 1}', b"{}", b'{"b": "x}\\n{y"}']
+    shapes: list[list[bytes | None]] = [
+        good, [*good, None], [b""] + good, [b'{"a": 1}\n{"b": 2}'], [b'{"a": 1}\r'],
+        [b"[1]", *good], [*good, b'{"a": 1} '], [b'{"a":\n1}', b"{}"], [b"{}"], [],
+    ]
+    for values in shapes:
+        each = [i for i, v in enumerate(values)
+                if v and v[:1] == b"{" and v[-1:] == b"}" and b"\n" not in v and b"\r" not in v]
+        assert kafka_mode._one_object_lines(values) == each, values
