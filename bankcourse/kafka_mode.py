@@ -43,9 +43,8 @@ per batch wherever kafka-python allows it:
   is decoded on its own, which gives the dead-letter reason.
 
 :mod:`bankcourse.kafka_wire` holds the record-format work and says what it relies on in
-kafka-python. What remains is kafka-python's per-record loop over fetched records. The
-``crc32c`` package must be installed, or kafka-python checksums every record batch in
-pure Python.
+kafka-python. The ``crc32c`` package must be installed, or kafka-python checksums every
+record batch in pure Python.
 
 Every loop is bounded: the producer by a message count or a duration, the detector by a
 message count, an idle time or a duration. An unreachable broker gives a

@@ -12,8 +12,9 @@ a time with numpy and Arrow:
   kafka-python producer's accumulator; its sender thread still does acks, retries,
   idempotence and transactions;
 * :func:`decode_batch_records` and :func:`use_bulk_decoding`: a consumer that decodes
-  each fetched record batch at once; checksums, aborted transactions and control
-  records stay kafka-python's own.
+  each fetched record batch at once and builds a plain batch's ``ConsumerRecord``
+  objects in one go; transactional, control and compressed batches and records with
+  headers stay kafka-python's own.
 
 The bulk paths use kafka-python internals (tested with the version pyproject.toml pins).
 Both check them first and, when they differ, fall back to the public per-message API,
@@ -30,7 +31,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -436,17 +437,16 @@ def _read_varints(data: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndar
     return values, at + size
 
 
-class _Columns:
-    """The records of one plain batch as columns (lists), offset order."""
+class _Columns(NamedTuple):
+    """The records of one plain batch as columns, in offset order."""
 
-    __slots__ = ("sizes", "offsets", "stamps", "keys", "values", "key_sizes", "value_sizes")
-
-    def __init__(self, sizes: list[int], offsets: list[int], stamps: list[int],
-                 keys: list[bytes | None], values: list[bytes | None], key_sizes: list[int],
-                 value_sizes: list[int]) -> None:
-        self.sizes, self.offsets, self.stamps = sizes, offsets, stamps
-        self.keys, self.values = keys, values
-        self.key_sizes, self.value_sizes = key_sizes, value_sizes
+    sizes: list[int]
+    offsets: list[int]
+    stamps: list[int]
+    keys: list[bytes | None]
+    values: list[bytes | None]
+    key_sizes: list[int]
+    value_sizes: list[int]
 
 
 def _decode_columns(batch: Any) -> _Columns | None:
@@ -590,8 +590,9 @@ _NO_HEADERS: tuple[()] = ()
 """The headers of a record without any (one shared immutable empty sequence)."""
 
 
-def _unpack_plain_first(part: Any, usual: Any, make: type, tp: Any, records: Any,
-                        key_deserializer: Any, value_deserializer: Any) -> Iterator[Any]:
+def _unpack_plain_first(part: Any, usual: Any, make: type, read_committed: Any, tp: Any,
+                        records: Any, key_deserializer: Any, value_deserializer: Any,
+                        ) -> Iterator[Any]:
     """A fetched partition's ``ConsumerRecord`` objects, plain batches built in bulk.
 
     A plain batch (format v2, not transactional, not a control batch, uncompressed, no
@@ -601,13 +602,19 @@ def _unpack_plain_first(part: Any, usual: Any, make: type, tp: Any, records: Any
     transactions, aborted batches, control records, compression and deserializers. The
     positions, metrics and ends are kafka-python's: ``next_fetch_offset`` moves with each
     record handed out, and the partition is drained after the last batch.
+
+    Args:
+        part: the kafka-python ``PartitionRecords`` being read.
+        usual: its own ``_unpack_records``.
+        make: kafka-python's ``ConsumerRecord`` type.
+        read_committed: kafka-python's ``IsolationLevel.READ_COMMITTED``.
     """
     from kafka.errors import CorruptRecordError
 
     if key_deserializer is not None or value_deserializer is not None:
         yield from usual(tp, records, key_deserializer, value_deserializer)
         return
-    read_committed = part.isolation_level != 0  # kafka-python's READ_UNCOMMITTED is 0
+    committed_only = part.isolation_level == read_committed
     topic, partition = tp.topic, tp.partition
     last = None
     batch = records.next_batch()
@@ -623,7 +630,7 @@ def _unpack_plain_first(part: Any, usual: Any, make: type, tp: Any, records: Any
         if columns is None:
             break
         part.leader_epoch = epoch = plain.leader_epoch
-        if read_committed and plain.has_producer_id():
+        if committed_only and plain.has_producer_id():
             # Keeps kafka-python's queue of aborted transactions where its own loop would.
             part._consume_aborted_transactions_up_to(plain.last_offset)
         count = len(columns.offsets)
@@ -662,8 +669,11 @@ def use_bulk_decoding(consumer: Any) -> bool:
     base = getattr(fetcher, "PartitionRecords", None)
     if base is None or not isinstance(base, type):
         return False
-    make = getattr(sys.modules.get(base.__module__), "ConsumerRecord", None)
+    module = sys.modules.get(base.__module__)
+    make = getattr(module, "ConsumerRecord", None)
+    read_committed = getattr(getattr(module, "IsolationLevel", None), "READ_COMMITTED", None)
     in_bulk = (getattr(make, "_fields", None) == _CONSUMER_RECORD_FIELDS
+               and read_committed is not None
                and all(hasattr(base, name) for name in (
                    "_unpack_records", "_consume_aborted_transactions_up_to", "drain")))
 
@@ -677,8 +687,8 @@ def use_bulk_decoding(consumer: Any) -> bool:
             usual = super()._unpack_records
             if not in_bulk:
                 return usual(tp, records, key_deserializer, value_deserializer)
-            return _unpack_plain_first(self, usual, make, tp, records,  # type: ignore[arg-type]
-                                       key_deserializer, value_deserializer)
+            return _unpack_plain_first(self, usual, make, read_committed,
+                                       tp, records, key_deserializer, value_deserializer)
 
     fetcher.PartitionRecords = BulkPartitionRecords
     return True
