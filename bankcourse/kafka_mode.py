@@ -726,12 +726,13 @@ def _decode_fast(values: Sequence[bytes | None]) -> tuple[np.ndarray, pd.DataFra
         The row numbers taken (ascending) and their typed frame (schema columns; ``step``
         and the flags as int64, ``event_time`` as its text), in the same order.
     """
-    candidates = _one_object_lines(values)
+    candidates, data = _one_object_lines(values)
     try:
-        b"\n".join([values[i] for i in candidates]).decode("utf-8")  # type: ignore[misc]
+        data.decode("utf-8")
     except UnicodeDecodeError:
         candidates = [i for i in candidates if _is_utf8(values[i])]  # type: ignore[arg-type]
-    parts = _parse_lines(values, candidates)
+        data = None
+    parts = _parse_lines(values, candidates, data)
     taken: list[np.ndarray] = []
     frames: list[pd.DataFrame] = []
     for rows, table in parts:
@@ -746,9 +747,10 @@ def _decode_fast(values: Sequence[bytes | None]) -> tuple[np.ndarray, pd.DataFra
     return np.concatenate(taken), frame
 
 
-def _one_object_lines(values: Sequence[bytes | None]) -> list[int]:
+def _one_object_lines(values: Sequence[bytes | None]) -> tuple[list[int], bytes]:
     """The rows of ``values`` that are non-empty, on one line, and start with ``{`` and
-    end with ``}`` (what Arrow may parse as one JSON object per line).
+    end with ``}`` (what Arrow may parse as one JSON object per line), and those values
+    joined by newlines.
 
     The usual batch has only such values: that is checked on the joined bytes at once
     (exactly ``n - 1`` newlines, each between ``}`` and ``{``, means every value is one
@@ -761,9 +763,10 @@ def _one_object_lines(values: Sequence[bytes | None]) -> list[int]:
         data = b""
     if (count and data[:1] == b"{" and data[-1:] == b"}" and b"\r" not in data
             and data.count(b"\n") == count - 1 and data.count(b"}\n{") == count - 1):
-        return list(range(count))
-    return [i for i, v in enumerate(values)
+        return list(range(count)), data
+    rows = [i for i, v in enumerate(values)
             if v and v[:1] == b"{" and v[-1:] == b"}" and b"\n" not in v and b"\r" not in v]
+    return rows, b"\n".join([values[i] for i in rows])  # type: ignore[misc]
 
 
 def _is_utf8(value: bytes) -> bool:
@@ -774,9 +777,10 @@ def _is_utf8(value: bytes) -> bool:
     return True
 
 
-def _parse_lines(values: Sequence[bytes | None], rows: list[int],
+def _parse_lines(values: Sequence[bytes | None], rows: list[int], data: bytes | None = None,
                  ) -> list[tuple[list[int], pa.Table]]:
-    """Parse ``values[rows]`` as JSON lines with Arrow; halve the rows on an error.
+    """Parse ``values[rows]`` (``data``: those values joined by newlines, when the caller
+    has them) as JSON lines with Arrow; halve the rows on an error.
 
     Arrow fails a whole read for one bad line: the rows are split in two and each half
     tried again, down to :data:`_SMALLEST_SPLIT` rows, which are left out (a few bad
@@ -786,7 +790,8 @@ def _parse_lines(values: Sequence[bytes | None], rows: list[int],
 
     if not rows:
         return []
-    data = b"\n".join([values[i] for i in rows])  # type: ignore[misc]
+    if data is None:
+        data = b"\n".join([values[i] for i in rows])  # type: ignore[misc]
     try:
         table = pjson.read_json(
             pa.py_buffer(data),
