@@ -661,9 +661,10 @@ def use_bulk_decoding(consumer: Any) -> bool:
     kafka-python parses every record field by field in Python and then builds each
     ``ConsumerRecord`` in a loop; the detector reads tens of thousands a second, for which
     that work was the largest cost of a poll. A plain batch's records are now made at once
-    (:func:`_unpack_plain_first`); batch-level handling (checksums, transactions, aborted
-    batches, control records, positions) stays kafka-python's own. Uses its internals:
-    returns False, changing nothing, when they are not as expected.
+    (:func:`_unpack_plain_first`), its checksum checked with kafka-python's own check;
+    transactions, aborted batches, control records and compressed batches stay
+    kafka-python's. Uses its internals: returns False, changing nothing, when they are
+    not as expected.
     """
     fetcher = getattr(consumer, "_fetcher", None)
     base = getattr(fetcher, "PartitionRecords", None)
